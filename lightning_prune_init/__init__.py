@@ -1,0 +1,41 @@
+"""lightning-prune-init: prune at initialization for PyTorch Lightning.
+
+Connection sensitivity (SNIP) measured under isometric initialization, a data-free isometry repair, label-
+and data-free pruning, masks that survive training, resume and DDP, and signal-propagation monitoring
+(Lee et al., "A Signal Propagation Perspective for Pruning Neural Networks at Initialization", ICLR 2020).
+"""
+
+from lightning_prune_init.callbacks import PruneAtInitCallback
+from lightning_prune_init.masking import (
+    apply_masks,
+    enforce_masks_,
+    get_masks,
+    pack_masks,
+    remove_masks,
+    sparsity_report,
+    to_torch_prune,
+    unpack_masks,
+)
+from lightning_prune_init.parameters import prunable_parameters
+from lightning_prune_init.scoring import connection_sensitivity, noise_batches
+from lightning_prune_init.selection import LayerCollapseError, LayerCollapseWarning, select_masks
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LayerCollapseError",
+    "LayerCollapseWarning",
+    "PruneAtInitCallback",
+    "apply_masks",
+    "connection_sensitivity",
+    "enforce_masks_",
+    "get_masks",
+    "noise_batches",
+    "pack_masks",
+    "prunable_parameters",
+    "remove_masks",
+    "select_masks",
+    "sparsity_report",
+    "to_torch_prune",
+    "unpack_masks",
+]

@@ -1,0 +1,221 @@
+"""Connection sensitivity (SNIP, Lee et al. 2019; as used by Lee et al. 2020) and the scoring batches.
+
+For every prunable entry ``w_j`` the connection sensitivity is ``g_j = ∂L/∂c_j`` at an all-ones mask
+``c``, which equals ``(∂L/∂w_j) · w_j``. Over several scoring batches the *signed* ``g`` of each batch's mean
+loss is summed first and the absolute value taken last (METHOD.md §1); the scores are then normalized by
+their sum over all prunable tensors, ``s_j = |Σ_b g_j| / Σ_k |Σ_b g_k|``.
+
+Scoring leaves no trace: gradients are taken with ``torch.autograd.grad`` (no ``.grad`` is written, no
+DDP reducer hook fires), the model runs in eval mode (batch-norm running statistics are neither used for
+updates nor changed, dropout is off) and every module's train/eval flag is restored, and the global RNG
+streams are forked and restored.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_prune_init.parameters import prunable_parameters
+
+Labels = Literal["true", "uniform"]
+LossFn = Callable[[nn.Module, Any], Tensor]
+
+_LOSS_HELP = (
+    "The default loss reads batches `(inputs, targets, ...)` (tuple or list; a bare tensor of inputs is accepted "
+    "with labels='uniform'), calls `model(inputs)` and expects logits of shape [batch, classes] and integer "
+    "class targets of shape [batch]. For anything else pass `loss_fn(model, batch) -> scalar tensor` "
+    "(in YAML: its import path, e.g. `loss_fn: my_project.losses.snip_loss`)."
+)
+
+
+class ScoringInputError(ValueError):
+    """A scoring batch that the default loss cannot read, or a loss that is not a finite scalar."""
+
+
+def resolve_callable(value: str | Callable | None, argument: str = "loss_fn") -> Callable | None:
+    """Return ``value`` if callable, import it if it is a ``"package.module.name"`` path, else raise."""
+    if value is None or callable(value):
+        return value
+    if not isinstance(value, str) or "." not in value:
+        raise TypeError(f"`{argument}` must be a callable or its import path 'package.module.name', got {value!r}")
+    module_name, _, attr = value.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"`{argument}`={value!r} cannot be imported: {err}") from err
+    if not callable(obj):
+        raise TypeError(f"`{argument}`={value!r} is not callable")
+    return obj
+
+
+def _split_batch(batch: Any, labels: Labels) -> tuple[Tensor, Tensor | None]:
+    if isinstance(batch, Tensor):
+        if labels == "true":
+            raise ScoringInputError(
+                "labels='true' needs `(inputs, targets)` batches, got a bare tensor of shape "
+                f"{tuple(batch.shape)}; use labels='uniform' for label-free scoring. " + _LOSS_HELP
+            )
+        return batch, None
+    if isinstance(batch, (tuple, list)) and len(batch) >= 1 and isinstance(batch[0], Tensor):
+        targets = batch[1] if len(batch) >= 2 else None
+        if labels == "true" and not isinstance(targets, Tensor):
+            raise ScoringInputError(f"labels='true' needs a target tensor as the batch's second element. {_LOSS_HELP}")
+        return batch[0], targets
+    raise ScoringInputError(f"cannot read a scoring batch of type {type(batch).__name__}. {_LOSS_HELP}")
+
+
+def default_loss(model: nn.Module, batch: Any, labels: Labels = "true") -> Tensor:
+    """Mean cross-entropy against the targets (``"true"``) or against the uniform distribution (``"uniform"``).
+
+    The uniform target gives ``L = −(1/C) Σ_k log softmax(f(x))_k`` averaged over the batch (METHOD.md §4).
+    """
+    inputs, targets = _split_batch(batch, labels)
+    logits = model(inputs)
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        got = f"a tensor of shape {tuple(logits.shape)}" if isinstance(logits, Tensor) else type(logits).__name__
+        raise ScoringInputError(f"the model returned {got}, not logits [batch, classes]. {_LOSS_HELP}")
+    logits = logits.float()
+    if labels == "uniform":
+        return -F.log_softmax(logits, dim=1).mean()
+    assert targets is not None
+    if targets.dtype.is_floating_point and targets.shape == logits.shape:
+        return F.cross_entropy(logits, targets.float())  # class probabilities
+    if targets.dtype.is_floating_point or targets.shape != logits.shape[:1]:
+        raise ScoringInputError(
+            f"targets of shape {tuple(targets.shape)} and dtype {targets.dtype} do not fit logits of shape "
+            f"{tuple(logits.shape)}. {_LOSS_HELP}"
+        )
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= logits.shape[1]):
+        raise ScoringInputError(
+            f"targets range over [{int(targets.min())}, {int(targets.max())}] but the model returns "
+            f"{logits.shape[1]} classes. {_LOSS_HELP}"
+        )
+    return F.cross_entropy(logits, targets)
+
+
+@contextmanager
+def scoring_mode(model: nn.Module, devices: Sequence[torch.device] = ()):
+    """Eval mode and forked RNG for the duration; every module's train flag and the RNG state are restored."""
+    modes = [(m, m.training) for m in model.modules()]
+    cuda_devices = sorted({d.index or 0 for d in devices if d.type == "cuda"})
+    try:
+        with torch.random.fork_rng(devices=cuda_devices):
+            model.eval()
+            yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def noise_batches(
+    like: Tensor,
+    num_batches: int = 1,
+    *,
+    seed: int = 0,
+    distribution: Literal["normal", "uniform"] = "normal",
+) -> list[Tensor]:
+    """Random inputs shaped like ``like`` (one real input batch) for data-free scoring.
+
+    Drawn from a dedicated ``torch.Generator`` seeded with ``seed`` (the global RNG is not touched), on
+    ``like``'s device, in its dtype if floating (else float32). ``"normal"``: standard normal;
+    ``"uniform"``: uniform on [0, 1).
+    """
+    if not isinstance(like, Tensor):
+        raise TypeError(f"`like` must be an input tensor, got {type(like).__name__}")
+    if num_batches < 1:
+        raise ValueError(f"`num_batches` must be >= 1, got {num_batches}")
+    if distribution not in ("normal", "uniform"):
+        raise ValueError(f"`distribution` must be 'normal' or 'uniform', got {distribution!r}")
+    dtype = like.dtype if like.is_floating_point() else torch.float32
+    generator = torch.Generator(device=like.device).manual_seed(seed)
+    draw = torch.randn if distribution == "normal" else torch.rand
+    return [draw(like.shape, generator=generator, device=like.device, dtype=dtype) for _ in range(num_batches)]
+
+
+def connection_sensitivity(
+    model: nn.Module,
+    batches: Iterable[Any] | Tensor,
+    *,
+    labels: Labels = "true",
+    loss_fn: LossFn | str | None = None,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    prune_biases: bool = False,
+    normalize: bool = True,
+    reduce_fn: Callable[[Tensor], Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """Connection-sensitivity scores ``|Σ_b (∂L_b/∂w) · w|`` of the prunable parameters of ``model``.
+
+    Args:
+        model: the network, in the state to be pruned (its weights are not changed).
+        batches: an iterable of scoring batches (each as the model's training step would receive it, already
+            on the model's device), or a single tensor of inputs (one batch, label-free).
+        labels: ``"true"`` (cross-entropy against the batch's targets) or ``"uniform"`` (label-free: the
+            uniform distribution as target). Ignored when ``loss_fn`` is given.
+        loss_fn: ``loss_fn(model, batch) -> scalar tensor``, or its import path; replaces the default loss.
+        include, exclude, prune_biases: which parameters are scored, see
+            :func:`lightning_prune_init.parameters.prunable_parameters` (default: conv and linear weights).
+        normalize: divide by the sum of all scores (default), so they sum to 1 over all tensors.
+        reduce_fn: applied to each tensor of signed sums before the absolute value, e.g. an all-reduce
+            (sum) over data-parallel ranks so every rank scores on all ranks' batches.
+
+    Returns:
+        ``{parameter name: float32 scores}`` of each parameter's shape and device, non-negative.
+
+    Raises:
+        ScoringInputError: a batch the default loss cannot read, or a non-scalar / non-finite loss.
+        ValueError: no batches, no prunable parameters, patterns matching nothing, non-finite or all-zero
+            scores. The model is never modified.
+    """
+    if labels not in ("true", "uniform"):
+        raise ValueError(f"`labels` must be 'true' or 'uniform', got {labels!r}")
+    loss_fn = resolve_callable(loss_fn)
+    params = prunable_parameters(model, include=include, exclude=exclude, prune_biases=prune_biases)
+    names = list(params)
+    tensors = [params[n] for n in names]
+    if isinstance(batches, Tensor):
+        batches = [batches]
+    sums = [torch.zeros(p.shape, dtype=torch.float32, device=p.device) for p in tensors]
+    devices = [p.device for p in tensors]
+    n_batches = 0
+    with scoring_mode(model, devices):
+        for index, batch in enumerate(batches):
+            with torch.enable_grad():
+                loss = loss_fn(model, batch) if loss_fn is not None else default_loss(model, batch, labels)
+                if not isinstance(loss, Tensor) or loss.numel() != 1:
+                    raise ScoringInputError(f"the scoring loss must be a scalar tensor, got {loss!r:.80}")
+                if not bool(torch.isfinite(loss)):
+                    raise ValueError(
+                        f"the scoring loss is {float(loss.detach())} on batch {index}: scores would not be finite. "
+                        "Check the inputs and the initialization"
+                    )
+                grads = torch.autograd.grad(loss.reshape(()), tensors, allow_unused=True)
+            for acc, g, p in zip(sums, grads, tensors):
+                if g is not None:
+                    acc.add_(g.float() * p.detach().float())
+            n_batches += 1
+    if n_batches == 0:
+        raise ValueError("`batches` is empty: connection sensitivity needs at least one scoring batch")
+    if reduce_fn is not None:
+        sums = [reduce_fn(s) for s in sums]
+    scores = {n: s.abs_() for n, s in zip(names, sums)}
+    bad = [n for n, s in scores.items() if not bool(torch.isfinite(s).all())]
+    if bad:
+        raise ValueError(f"non-finite connection sensitivity for {', '.join(bad)}: check the loss and the inputs")
+    if normalize:
+        total = sum(float(s.double().sum()) for s in scores.values())
+        if total == 0.0:
+            raise ValueError(
+                "all connection-sensitivity scores are zero: the loss does not depend on the selected "
+                "parameters (check `include`/`exclude`, the loss and that the weights are not all zero)"
+            )
+        for s in scores.values():
+            s.div_(total)
+    return scores

@@ -1,0 +1,236 @@
+"""PruneAtInitCallback in real fits: pruning, logging, resume, weights-only checkpoints, errors."""
+
+import copy
+import csv
+import glob
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+from lightning_prune_init import LayerCollapseError, PruneAtInitCallback, get_masks
+from lightning_prune_init.scoring import ScoringInputError
+
+from helpers import Classifier, conv_bn_net, lenet300, trainer_kwargs
+
+
+class Recorder(pl.Callback):
+    """Records the masks and weights seen at fit start (after PruneAtInitCallback) and the batches trained on."""
+
+    def on_fit_start(self, trainer, pl_module):
+        self.masks = {n: m.clone() for n, m in get_masks(pl_module).items()}
+        self.weights = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+
+
+def _zeros_ok(module, masks):
+    return all(torch.count_nonzero(module.get_parameter(n)[~m]) == 0 for n, m in masks.items())
+
+
+def test_fit_prunes_exact_count_and_logs_density(tmp_path):
+    pl.seed_everything(0)
+    model = Classifier()
+    logger = CSVLogger(tmp_path, name="run")
+    callback = PruneAtInitCallback(sparsity=0.9)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, logger=logger, max_steps=5, log_every_n_steps=1), callbacks=[callback])
+    trainer.fit(model)
+    masks = get_masks(model)
+    assert set(masks) == {"net.1.weight", "net.3.weight", "net.5.weight"}
+    assert sum(int(m.sum()) for m in masks.values()) == round(266_200 * 0.1)
+    assert _zeros_ok(model, masks)
+    logger.save()
+    rows = list(csv.DictReader(open(glob.glob(str(tmp_path / "run" / "*" / "metrics.csv"))[0])))
+    logged = {k: float(v) for row in rows for k, v in row.items() if k.startswith("prune/") and v}
+    assert logged["prune/density"] == pytest.approx(0.1, abs=1e-6)
+    assert logged["prune/density/net.1.weight"] == pytest.approx(float(masks["net.1.weight"].float().mean()))
+
+
+def test_masks_equal_functional_scoring_on_the_same_batch(tmp_path):
+    from lightning_prune_init import connection_sensitivity, select_masks
+
+    pl.seed_everything(0)
+    model = Classifier(n=32, batch_size=32)
+    reference = copy.deepcopy(model)
+    recorder = Recorder()
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=1), callbacks=[PruneAtInitCallback(0.95), recorder])
+    trainer.fit(model)
+    x, y = model.train_dataloader().dataset.tensors  # one batch holds the whole (shuffled) set
+    expected = select_masks(connection_sensitivity(reference, [(x, y)]), 0.95)
+    for n, m in expected.items():
+        # shuffling changes the order inside the batch, not the mean loss: masks agree up to float ties
+        assert int((recorder.masks[f"{n}"] != m).sum()) <= 2
+
+
+def test_scoring_leaves_training_run_unchanged(tmp_path):
+    """Same seed: training with sparsity=0 pruning equals training without the callback, bit for bit."""
+    results = []
+    for callbacks in ([], [PruneAtInitCallback(0.0, verbose=False)]):
+        pl.seed_everything(7)
+        model = Classifier(net=conv_bn_net(), shape=(1, 12, 12))
+        trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=4), callbacks=callbacks)
+        trainer.fit(model)
+        results.append(copy.deepcopy(model.state_dict()))
+    assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
+
+
+def test_resume_restores_masks_bit_identically_without_rescoring(tmp_path, monkeypatch):
+    pl.seed_everything(0)
+    model = Classifier()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = pl.Trainer(
+        **trainer_kwargs(tmp_path, max_steps=4, enable_checkpointing=True), callbacks=[PruneAtInitCallback(0.9), checkpoint]
+    )
+    trainer.fit(model)
+    masks = {n: m.clone() for n, m in get_masks(model).items()}
+    ckpt_path = str(tmp_path / "ckpt" / "last.ckpt")
+    saved = torch.load(ckpt_path, weights_only=False)
+    assert _zeros_ok_state(saved["state_dict"], masks)
+
+    # a plain model of the same class loads the checkpoint strictly, without this package
+    plain = Classifier()
+    plain.load_state_dict(saved["state_dict"], strict=True)
+    assert _zeros_ok(plain, masks)
+    assert Classifier.load_from_checkpoint(ckpt_path, strict=True) is not None
+
+    # resume: the masks come from the checkpoint; scoring must not run again
+    import lightning_prune_init.callbacks.prune_at_init as module
+
+    monkeypatch.setattr(module, "connection_sensitivity", lambda *a, **k: pytest.fail("re-scored on resume"))
+    pl.seed_everything(1)  # a different init and data order would give other masks if pruning ran again
+    resumed = Classifier()
+    recorder = Recorder()
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=8), callbacks=[PruneAtInitCallback(0.9), recorder])
+    trainer.fit(resumed, ckpt_path=ckpt_path)
+    assert recorder.masks.keys() == masks.keys()
+    assert all(torch.equal(recorder.masks[n], masks[n]) for n in masks)
+    assert trainer.global_step == 8
+    assert _zeros_ok(resumed, masks)
+
+
+def _zeros_ok_state(state_dict, masks):
+    return all(torch.count_nonzero(state_dict[n][~m]) == 0 for n, m in masks.items())
+
+
+def test_weights_only_checkpoint_never_gives_a_silently_different_mask(tmp_path):
+    pl.seed_everything(0)
+    model = Classifier()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "w", save_last=True, save_weights_only=True)
+    trainer = pl.Trainer(
+        **trainer_kwargs(tmp_path, max_steps=3, enable_checkpointing=True), callbacks=[PruneAtInitCallback(0.9), checkpoint]
+    )
+    trainer.fit(model)
+    masks = get_masks(model)
+    path = str(tmp_path / "w" / "last.ckpt")
+    assert "callbacks" not in torch.load(path, weights_only=False)
+
+    # on_missing_state="error": a clear refusal, before any training
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=6), callbacks=[PruneAtInitCallback(0.9, on_missing_state="error")])
+    with pytest.raises(RuntimeError, match="holds no PruneAtInitCallback state"):
+        trainer.fit(Classifier(), ckpt_path=path)
+
+    # the default rebuilds the exact masks from the zeros (Lightning then refuses to resume training state
+    # from a weights-only file; the masks seen at fit start are what matters here)
+    recorder = Recorder()
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=6), callbacks=[PruneAtInitCallback(0.9), recorder])
+    with pytest.raises(Exception):
+        trainer.fit(Classifier(), ckpt_path=path)
+    assert all(torch.equal(recorder.masks[n], masks[n]) for n in masks)
+
+    # a different sparsity cannot be reconciled with the zeros: refused, not re-pruned
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=6), callbacks=[PruneAtInitCallback(0.8)])
+    with pytest.raises(RuntimeError, match="do not match the keep count"):
+        trainer.fit(Classifier(), ckpt_path=path)
+
+
+def test_second_fit_keeps_the_masks(tmp_path):
+    pl.seed_everything(0)
+    model = Classifier()
+    callback = PruneAtInitCallback(0.9)
+    pl.Trainer(**trainer_kwargs(tmp_path, max_steps=2), callbacks=[callback]).fit(model)
+    first = {n: m.clone() for n, m in get_masks(model).items()}
+    pl.Trainer(**trainer_kwargs(tmp_path, max_steps=4), callbacks=[PruneAtInitCallback(0.5)]).fit(model)
+    assert all(torch.equal(get_masks(model)[n], first[n]) for n in first)
+    assert _zeros_ok(model, first)
+
+
+def test_label_free_and_data_free(tmp_path):
+    for supervision in ("label_free", "data_free"):
+        pl.seed_everything(0)
+        model = Classifier()
+        trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=2), callbacks=[PruneAtInitCallback(0.9, supervision=supervision)])
+        trainer.fit(model)
+        masks = get_masks(model)
+        assert sum(int(m.sum()) for m in masks.values()) == round(266_200 * 0.1)
+    # data-free masks do not depend on the data, only on the noise seed
+    runs = []
+    for n in (16, 48):
+        pl.seed_everything(0)
+        model = Classifier(n=n)
+        cb = PruneAtInitCallback(0.9, supervision="data_free", noise_seed=3, noise_batch_size=8)
+        pl.Trainer(**trainer_kwargs(tmp_path, max_steps=1), callbacks=[cb]).fit(model)
+        runs.append(cb.masks)
+    assert all(torch.equal(runs[0][n], runs[1][n]) for n in runs[0])
+
+
+def _unchanged(model, before):
+    return all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and get_masks(model) == {}
+
+
+def test_errors_leave_the_model_unchanged(tmp_path):
+    with pytest.raises(ValueError, match=r"`sparsity` must be in \[0, 1\)"):
+        PruneAtInitCallback(sparsity=1.0)
+    with pytest.raises(ValueError, match="`scope` must be one of"):
+        PruneAtInitCallback(scope="local")
+
+    cases = [
+        (PruneAtInitCallback(0.9, include="encoder.*"), ValueError, "matches no parameter"),
+        (PruneAtInitCallback(0.9, exclude="*"), ValueError, "no prunable parameters"),
+        (PruneAtInitCallback(0.999, on_layer_collapse="error", exclude="net.1.*"), LayerCollapseError, "pruned entirely"),
+    ]
+    for callback, error, message in cases:
+        pl.seed_everything(0)
+        model = Classifier()
+        before = copy.deepcopy(model.state_dict())
+        with pytest.raises(error, match=message):
+            pl.Trainer(**trainer_kwargs(tmp_path), callbacks=[callback]).fit(model)
+        assert _unchanged(model, before)
+
+    class DictBatches(Classifier):
+        def train_dataloader(self):
+            data = super().train_dataloader()
+            return [{"image": x, "label": y} for x, y in data]
+
+    pl.seed_everything(0)
+    model = DictBatches()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ScoringInputError, match="loss_fn"):
+        pl.Trainer(**trainer_kwargs(tmp_path), callbacks=[PruneAtInitCallback(0.9)]).fit(model)
+    assert _unchanged(model, before)
+
+    pl.seed_everything(0)
+    model = Classifier()
+    with torch.no_grad():
+        model.net[1].weight[0, 0] = float("inf")
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match="scores would not be finite"):
+        pl.Trainer(**trainer_kwargs(tmp_path), callbacks=[PruneAtInitCallback(0.9)]).fit(model)
+    assert _unchanged(model, before)
+
+
+def test_layer_collapse_warns_by_default(tmp_path):
+    pl.seed_everything(0)
+    model = Classifier()
+    with pytest.warns(UserWarning, match="pruned entirely"):
+        pl.Trainer(**trainer_kwargs(tmp_path, max_steps=1), callbacks=[PruneAtInitCallback(0.9999)]).fit(model)
+
+
+def test_sharded_strategy_is_refused():
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    class FakeTrainer:
+        strategy = FSDPStrategy.__new__(FSDPStrategy)
+
+    with pytest.raises(MisconfigurationException, match="Supported: single device, DDP"):
+        PruneAtInitCallback(0.9).setup(FakeTrainer(), None, "fit")
