@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/demo.py
+	$(VENV)/bin/lightning-prune-init fit -c examples/configs/demo.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q

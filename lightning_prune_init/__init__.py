@@ -6,6 +6,7 @@ and data-free pruning, masks that survive training, resume and DDP, and signal-p
 """
 
 from lightning_prune_init.callbacks import PruneAtInitCallback
+from lightning_prune_init.data import CIFAR10DataModule, DigitsDataModule, FashionMNISTDataModule, MNISTDataModule
 from lightning_prune_init.masking import (
     apply_masks,
     enforce_masks_,
@@ -16,6 +17,7 @@ from lightning_prune_init.masking import (
     to_torch_prune,
     unpack_masks,
 )
+from lightning_prune_init.models import ImageClassifier, build_network, count_weights
 from lightning_prune_init.parameters import prunable_parameters
 from lightning_prune_init.scoring import connection_sensitivity, noise_batches
 from lightning_prune_init.selection import LayerCollapseError, LayerCollapseWarning, select_masks
@@ -23,6 +25,13 @@ from lightning_prune_init.selection import LayerCollapseError, LayerCollapseWarn
 __version__ = "0.1.0"
 
 __all__ = [
+    "CIFAR10DataModule",
+    "DigitsDataModule",
+    "FashionMNISTDataModule",
+    "ImageClassifier",
+    "MNISTDataModule",
+    "build_network",
+    "count_weights",
     "LayerCollapseError",
     "LayerCollapseWarning",
     "PruneAtInitCallback",

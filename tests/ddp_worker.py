@@ -1,0 +1,65 @@
+"""Run by tests/test_ddp.py: a 2-process DDP fit on CPU (gloo) that dumps each rank's masks and weights.
+
+Usage: python tests/ddp_worker.py OUT_DIR [EXTRA_CALLBACK_KWARGS_JSON]
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import lightning.pytorch as pl  # noqa: E402
+import torch  # noqa: E402
+
+from helpers import Classifier  # noqa: E402
+from lightning_prune_init import PruneAtInitCallback, get_masks  # noqa: E402
+from lightning_prune_init.callbacks._batches import fetch_batches  # noqa: E402
+
+
+class Dump(pl.Callback):
+    def __init__(self, out: str, when: str) -> None:
+        self.out, self.when = out, when
+
+    def _save(self, trainer, pl_module, tag, **extra):
+        state = {
+            "masks": {n: m.cpu() for n, m in get_masks(pl_module).items()},
+            "weights": {n: p.detach().cpu().clone() for n, p in pl_module.named_parameters()},
+            **extra,
+        }
+        torch.save(state, os.path.join(self.out, f"{tag}_rank{trainer.global_rank}.pt"))
+
+    def on_fit_start(self, trainer, pl_module):
+        if self.when == "before":
+            self._save(trainer, pl_module, "before", batch=[t.cpu() for t in fetch_batches(trainer, pl_module, 1)[0]])
+        else:
+            self._save(trainer, pl_module, "pruned")
+
+    def on_train_end(self, trainer, pl_module):
+        if self.when == "after":
+            optimizer = trainer.optimizers[0]
+            momentum = {n: optimizer.state[p]["momentum_buffer"].cpu() for n, p in pl_module.named_parameters()}
+            self._save(trainer, pl_module, "trained", momentum=momentum)
+
+
+def main() -> None:
+    out = sys.argv[1]
+    extra = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    pl.seed_everything(0)
+    model = Classifier(n=128, batch_size=16)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_steps=5,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Dump(out, "before"), PruneAtInitCallback(0.9, **extra), Dump(out, "after")],
+    )
+    trainer.fit(model)
+
+
+if __name__ == "__main__":
+    main()
