@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test docs venv clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,3 +21,7 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) lightning_logs .pytest_cache
+
+docs: $(STAMP)
+	$(PY) -m pdoc lightning_prune_init --docformat google -o docs/_build/api
+	@echo "API reference: docs/_build/api/index.html; user guide: docs/guide.md"
