@@ -5,8 +5,17 @@ and data-free pruning, masks that survive training, resume and DDP, and signal-p
 (Lee et al., "A Signal Propagation Perspective for Pruning Neural Networks at Initialization", ICLR 2020).
 """
 
-from lightning_prune_init.callbacks import PruneAtInitCallback
+from lightning_prune_init.callbacks import IsometryRepair, PruneAtInitCallback
 from lightning_prune_init.data import CIFAR10DataModule, DigitsDataModule, FashionMNISTDataModule, MNISTDataModule
+from lightning_prune_init.init import delta_orthogonal_, init_model_, orthogonal_, variance_scaling_
+from lightning_prune_init.isometry import (
+    IsometryReport,
+    LayerIsometry,
+    approximate_isometry,
+    best_possible_error,
+    orthogonality_error,
+    orthogonality_errors,
+)
 from lightning_prune_init.masking import (
     apply_masks,
     enforce_masks_,
@@ -25,6 +34,17 @@ from lightning_prune_init.selection import LayerCollapseError, LayerCollapseWarn
 __version__ = "0.1.0"
 
 __all__ = [
+    "IsometryReport",
+    "IsometryRepair",
+    "LayerIsometry",
+    "approximate_isometry",
+    "best_possible_error",
+    "delta_orthogonal_",
+    "init_model_",
+    "orthogonal_",
+    "orthogonality_error",
+    "orthogonality_errors",
+    "variance_scaling_",
     "CIFAR10DataModule",
     "DigitsDataModule",
     "FashionMNISTDataModule",

@@ -27,7 +27,7 @@ def fit_summary(trainer: Trainer, pl_module: LightningModule, test_metrics: Mapp
     if masks:
         report = sparsity_report(masks)
         repair = getattr(pruner, "isometry_report", None)
-        repair_rows = {layer.name: layer for layer in repair.layers} if repair is not None else {}
+        repair_rows = dict(repair.layers) if repair is not None else {}
         headers = ["parameter", "kept", "total", "density"]
         if repair_rows:
             headers += ["orth. error before repair", "after", "best possible"]

@@ -1,6 +1,6 @@
 """Run by tests/test_ddp.py: a 2-process DDP fit on CPU (gloo) that dumps each rank's masks and weights.
 
-Usage: python tests/ddp_worker.py OUT_DIR [EXTRA_CALLBACK_KWARGS_JSON]
+Usage: python tests/ddp_worker.py OUT_DIR [EXTRA_CALLBACK_KWARGS_JSON] [desync_rng]
 """
 
 import json
@@ -30,6 +30,8 @@ class Dump(pl.Callback):
         torch.save(state, os.path.join(self.out, f"{tag}_rank{trainer.global_rank}.pt"))
 
     def on_fit_start(self, trainer, pl_module):
+        if self.when == "before" and DESYNC:
+            torch.manual_seed(1000 + trainer.global_rank)  # ranks now draw different re-initializations
         if self.when == "before":
             self._save(trainer, pl_module, "before", batch=[t.cpu() for t in fetch_batches(trainer, pl_module, 1)[0]])
         else:
@@ -42,9 +44,12 @@ class Dump(pl.Callback):
             self._save(trainer, pl_module, "trained", momentum=momentum)
 
 
+DESYNC = "desync_rng" in sys.argv
+
+
 def main() -> None:
     out = sys.argv[1]
-    extra = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    extra = json.loads(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2].startswith("{") else {}
     pl.seed_everything(0)
     model = Classifier(n=128, batch_size=16)
     trainer = pl.Trainer(

@@ -234,3 +234,48 @@ def test_sharded_strategy_is_refused():
 
     with pytest.raises(MisconfigurationException, match="Supported: single device, DDP"):
         PruneAtInitCallback(0.9).setup(FakeTrainer(), None, "fit")
+
+
+def test_init_and_isometry_repair_in_a_fit(tmp_path):
+    from lightning_prune_init import IsometryRepair, orthogonality_error
+
+    stages = []
+
+    class Stages(pl.Callback):
+        def on_prune_stage(self, trainer, pl_module, stage):
+            stages.append((stage, {n: p.detach().clone() for n, p in pl_module.named_parameters()}))
+
+    pl.seed_everything(0)
+    model = Classifier(net=conv_bn_net(), shape=(1, 12, 12))
+    callback = PruneAtInitCallback(0.8, init="orthogonal", init_seed=3, isometry=IsometryRepair(solver="cg", steps=200))
+    logger = CSVLogger(tmp_path, name="iso")
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, logger=logger, max_steps=2), callbacks=[callback, Stages()])
+    trainer.fit(model)
+    assert [s for s, _ in stages] == ["after_init", "after_pruning", "after_repair"]
+    after_init = stages[0][1]
+    # block-orthogonal re-init (c_in=1 <= c_out=8): the circular convolution preserves the norm of any input
+    x = torch.randn(4, 1, 12, 12, generator=torch.Generator().manual_seed(0))
+    y = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="circular"), after_init["net.0.weight"])
+    torch.testing.assert_close(y.flatten(1).norm(dim=1), x.flatten(1).norm(dim=1), atol=1e-4, rtol=0)
+    # the linear classifier (10 x 64) has orthonormal rows
+    w = after_init["net.10.weight"]
+    torch.testing.assert_close(w @ w.T, torch.eye(10), atol=1e-5, rtol=0)
+    assert torch.count_nonzero(after_init["net.0.bias"]) == 0
+    report = callback.isometry_report
+    assert set(report.layers) == {"net.0.weight", "net.4.weight", "net.10.weight"}
+    masks = get_masks(model)
+    # the repair lowered the error (per layer, never below the best possible) and kept pruned entries at 0
+    pruned_weights, repaired = stages[1][1], stages[2][1]
+    before = {n: float(orthogonality_error(pruned_weights[n], masks[n])) for n in masks}
+    after = {n: float(orthogonality_error(repaired[n], masks[n])) for n in masks}
+    for name, layer in report.layers.items():
+        assert layer.error_after <= layer.error_before + 1e-6
+        assert layer.error_after >= layer.best_possible - 1e-4
+        assert after[name] == pytest.approx(layer.error_after, abs=1e-4)
+        assert before[name] == pytest.approx(layer.error_before, abs=1e-4)
+        assert torch.count_nonzero(repaired[name][~masks[name]]) == 0
+    assert sum(after.values()) < 0.5 * sum(before.values())
+    logger.save()
+    rows = list(csv.DictReader(open(glob.glob(str(tmp_path / "iso" / "*" / "metrics.csv"))[0])))
+    assert any(row.get("isometry/error_after/net.4.weight") for row in rows)
+

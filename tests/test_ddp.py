@@ -65,3 +65,14 @@ def test_ddp_masks_and_weights_identical_across_ranks(tmp_path):
     differing = sum(int((both[n] != masks[n]).sum()) for n in masks)
     assert differing <= 2  # float summation order may flip an exact tie at the threshold, nothing more
     assert sum(int((only0[n] != masks[n]).sum()) for n in masks) > 100
+
+
+def test_ddp_reinit_and_repair_are_broadcast_from_rank_0(tmp_path):
+    """The ranks' global RNGs differ before the re-initialization; rank 0's weights must win everywhere."""
+    _run_ddp(tmp_path, '{"init": "orthogonal", "isometry": {"solver": "cg", "steps": 50}}', "desync_rng")
+    pruned, trained = _load(tmp_path, "pruned"), _load(tmp_path, "trained")
+    assert _same(pruned[0]["masks"], pruned[1]["masks"])
+    assert _same(pruned[0]["weights"], pruned[1]["weights"])
+    assert _same(trained[0]["weights"], trained[1]["weights"])
+    for n, m in pruned[0]["masks"].items():
+        assert torch.count_nonzero(trained[0]["weights"][n][~m]) == 0

@@ -8,15 +8,17 @@ model is on its device, wrapped for DDP, its optimizers built, and a checkpoint'
   the masks from the exact zeros of the restored weights and checks the keep count, or refuses
   (``on_missing_state="error"``); it never prunes again silently;
 * masks already attached to the module (a second ``fit``) are kept;
-* otherwise: scoring batches (the train dataloader's first batches, or noise shaped like them) → connection
-  sensitivity (scores all-reduced over data-parallel ranks) → masks (rank 0's broadcast to all ranks) →
-  attached → per-layer density logged.
+* otherwise: optional re-initialization (``init``) → scoring batches (the train dataloader's first batches, or
+  noise shaped like them) → connection sensitivity (scores all-reduced over data-parallel ranks) → masks
+  (rank 0's broadcast to all ranks) → attached → optional data-free isometry repair (``isometry``) →
+  per-layer density and repair errors logged. Re-initialized and repaired weights are broadcast from rank 0.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Optional, Union
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -25,6 +27,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 
+from lightning_prune_init.init import init_model_
+from lightning_prune_init.isometry import IsometryReport, approximate_isometry
 from lightning_prune_init.masking import (
     apply_masks,
     attach_optimizers,
@@ -39,6 +43,24 @@ from lightning_prune_init.scoring import connection_sensitivity, noise_batches, 
 from lightning_prune_init.selection import check_collapse, keep_count, select_masks, validate_sparsity
 
 Supervision = Literal["labels", "label_free", "data_free"]
+InitScheme = Literal["orthogonal", "delta-orthogonal", "vs-lecun", "vs-glorot", "vs-he"]
+
+
+@dataclass
+class IsometryRepair:
+    """Settings of the data-free approximate isometry repair (:func:`~lightning_prune_init.approximate_isometry`).
+
+    The defaults are the authors' (plain SGD, lr 0.1, 10,000 steps, target ``I``). ``solver="cg"`` reaches a
+    lower objective much faster (docs/benchmarks.md); ``target="reachable"`` lets layers with
+    ``fan_in < c_out`` reach 0; ``tol`` stops a layer within ``tol`` of its best possible error.
+    """
+
+    steps: int = 10_000
+    lr: float = 0.1
+    solver: Literal["sgd", "cg"] = "sgd"
+    target: Literal["identity", "reachable"] = "identity"
+    gain: float = 1.0
+    tol: Optional[float] = None
 
 _SHARDING_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 _STATE_FORMAT = 1
@@ -83,13 +105,28 @@ class PruneAtInitCallback(Callback):
         noise_batch_size: batch size of the noise inputs; default: that of the real batch (or of
             ``example_input_array`` when there is no train dataloader).
         on_layer_collapse: a layer left with no weight: ``"warn"`` (default), ``"error"`` or ``"ignore"``.
+        init: re-initialize every conv and linear weight before scoring (biases zeroed), for layerwise dynamical
+            isometry: ``"orthogonal"`` (block-orthogonal for convs, needs ``c_in <= c_out``),
+            ``"delta-orthogonal"``, ``"vs-lecun"``, ``"vs-glorot"``, ``"vs-he"``; ``None`` (default) keeps the
+            module's own initialization.
+        init_gain: gain of the re-initialization (orthogonal: singular values; variance scaling: multiplier of
+            the variance). Default 1.
+        init_seed: seed of a dedicated generator for the re-initialization; ``None`` (default) draws from the
+            global RNG as ``torch.nn.init`` does. Rank 0's result is broadcast under DDP either way.
+        isometry: run the data-free approximate isometry repair after pruning: ``True`` for the authors'
+            settings, or an :class:`IsometryRepair` (YAML: ``isometry: {solver: cg}``). Default False.
         on_missing_state: resuming from a checkpoint without this callback's state: ``"from_weights"``
             (default; masks are the non-zero pattern of the restored weights, checked against the expected
             keep count) or ``"error"``.
         verbose: print the per-layer density table on rank 0. Default True.
 
     Logged (every logger, rank 0, at the global step of pruning): ``prune/density``, ``prune/sparsity``,
-    ``prune/density/<parameter name>``.
+    ``prune/density/<parameter name>``; with the repair, ``isometry/error_before/<parameter name>``,
+    ``isometry/error_after/<parameter name>``, ``isometry/best_possible/<parameter name>``.
+
+    Callbacks that implement ``on_prune_stage(trainer, pl_module, stage)`` (e.g.
+    :class:`~lightning_prune_init.SignalPropagationMonitor`) are called after each stage: ``"after_init"``,
+    ``"after_pruning"``, ``"after_repair"``.
     """
 
     def __init__(
@@ -107,6 +144,10 @@ class PruneAtInitCallback(Callback):
         noise_distribution: Literal["normal", "uniform"] = "normal",
         noise_batch_size: int | None = None,
         on_layer_collapse: Literal["warn", "error", "ignore"] = "warn",
+        init: Optional[InitScheme] = None,
+        init_gain: float = 1.0,
+        init_seed: Optional[int] = None,
+        isometry: Union[bool, IsometryRepair] = False,
         on_missing_state: Literal["from_weights", "error"] = "from_weights",
         verbose: bool = True,
     ) -> None:
@@ -117,6 +158,12 @@ class PruneAtInitCallback(Callback):
         _check_choice("noise_distribution", noise_distribution, ("normal", "uniform"))
         _check_choice("on_layer_collapse", on_layer_collapse, ("warn", "error", "ignore"))
         _check_choice("on_missing_state", on_missing_state, ("from_weights", "error"))
+        if init is not None:
+            _check_choice("init", init, ("orthogonal", "delta-orthogonal", "vs-lecun", "vs-glorot", "vs-he"))
+        if isinstance(isometry, dict):
+            isometry = IsometryRepair(**isometry)
+        if not isinstance(isometry, (bool, IsometryRepair)):
+            raise TypeError(f"`isometry` must be a bool or an IsometryRepair, got {type(isometry).__name__}")
         if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
             raise ValueError(f"`num_batches` must be an integer >= 1, got {num_batches!r}")
         if noise_batch_size is not None and (not isinstance(noise_batch_size, int) or noise_batch_size < 1):
@@ -132,8 +179,13 @@ class PruneAtInitCallback(Callback):
         self.noise_distribution = noise_distribution
         self.noise_batch_size = noise_batch_size
         self.on_layer_collapse = on_layer_collapse
+        self.init = init
+        self.init_gain = init_gain
+        self.init_seed = init_seed
+        self.isometry: IsometryRepair | None = (IsometryRepair() if isometry else None) if isinstance(isometry, bool) else isometry
         self.on_missing_state = on_missing_state
         self.verbose = verbose
+        self.isometry_report: IsometryReport | None = None
         self._masks: dict[str, Tensor] | None = None  # on CPU; the source of truth for checkpoints
         self._restored = False
 
@@ -152,6 +204,8 @@ class PruneAtInitCallback(Callback):
             "include": self.include,
             "exclude": self.exclude,
             "prune_biases": self.prune_biases,
+            "init": self.init,
+            "isometry": None if self.isometry is None else asdict(self.isometry),
         }
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -187,6 +241,10 @@ class PruneAtInitCallback(Callback):
 
     # ---------------------------------------------------------------------------------------------
     def _prune(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.init is not None:
+            generator = None if self.init_seed is None else torch.Generator().manual_seed(self.init_seed)
+            init_model_(pl_module, self.init, gain=self.init_gain, generator=generator)
+            _broadcast_parameters(trainer, pl_module)
         notify_prune_stage(trainer, pl_module, "after_init")
         batches = self._scoring_batches(trainer, pl_module)
         labels = "true" if self.supervision == "labels" else "uniform"
@@ -213,6 +271,19 @@ class PruneAtInitCallback(Callback):
         notify_prune_stage(trainer, pl_module, "after_pruning")
         if self.verbose:
             rank_zero_info(f"PruneAtInitCallback: pruned to {self._summary()}\n{sparsity_report(self._masks)}")
+        if self.isometry is not None:
+            self._repair(trainer, pl_module)
+
+    def _repair(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        settings = self.isometry
+        assert settings is not None
+        show_progress = trainer.is_global_zero and trainer.progress_bar_callback is not None
+        self.isometry_report = approximate_isometry(pl_module, progress=show_progress, **asdict(settings))
+        _broadcast_parameters(trainer, pl_module)
+        self._log(trainer, self.isometry_report.metrics("isometry"))
+        if self.verbose:
+            rank_zero_info(f"PruneAtInitCallback: isometry repair\n{self.isometry_report}")
+        notify_prune_stage(trainer, pl_module, "after_repair")
 
     def _attach(self, trainer: Trainer, pl_module: LightningModule, masks: dict[str, Tensor]) -> None:
         apply_masks(pl_module, masks, optimizers=trainer.optimizers)
@@ -290,8 +361,9 @@ class PruneAtInitCallback(Callback):
         return f"density {report.density:.2%}, {report.kept:,} of {report.total:,} prunable weights kept"
 
     @rank_zero_only
-    def _log(self, trainer: Trainer) -> None:
-        metrics = sparsity_report(self._masks or {}).metrics("prune")
+    def _log(self, trainer: Trainer, metrics: dict[str, float] | None = None) -> None:
+        if metrics is None:
+            metrics = sparsity_report(self._masks or {}).metrics("prune")
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
 
@@ -303,6 +375,7 @@ class PruneAtInitCallback(Callback):
             "masks": pack_masks(self._masks),
             "config": self._config(),
             "report": sparsity_report(self._masks).to_dict(),
+            "isometry_report": None if self.isometry_report is None else self.isometry_report.to_dict(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -319,6 +392,14 @@ class PruneAtInitCallback(Callback):
                 "PruneAtInitCallback: the checkpoint's masks are restored as they were; these settings differ "
                 f"from the checkpoint's and are ignored (saved, now): {changed}"
             )
+
+
+@torch.no_grad()
+def _broadcast_parameters(trainer: Trainer, pl_module: LightningModule) -> None:
+    """Make every rank hold rank 0's parameters (after a re-initialization or a repair)."""
+    if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        for p in pl_module.parameters():
+            torch.distributed.broadcast(p.data, src=0)
 
 
 def _check_choice(argument: str, value: Any, choices: tuple[str, ...]) -> None:
