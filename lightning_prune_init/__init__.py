@@ -5,7 +5,7 @@ and data-free pruning, masks that survive training, resume and DDP, and signal-p
 (Lee et al., "A Signal Propagation Perspective for Pruning Neural Networks at Initialization", ICLR 2020).
 """
 
-from lightning_prune_init.callbacks import IsometryRepair, PruneAtInitCallback
+from lightning_prune_init.callbacks import IsometryRepair, PruneAtInitCallback, SignalPropagationMonitor
 from lightning_prune_init.data import CIFAR10DataModule, DigitsDataModule, FashionMNISTDataModule, MNISTDataModule
 from lightning_prune_init.init import delta_orthogonal_, init_model_, orthogonal_, variance_scaling_
 from lightning_prune_init.isometry import (
@@ -29,11 +29,16 @@ from lightning_prune_init.masking import (
 from lightning_prune_init.models import ImageClassifier, build_network, count_weights
 from lightning_prune_init.parameters import prunable_parameters
 from lightning_prune_init.scoring import connection_sensitivity, noise_batches
+from lightning_prune_init.spectrum import SpectrumStats, conv_singular_values_fft, jacobian_singular_values
 from lightning_prune_init.selection import LayerCollapseError, LayerCollapseWarning, select_masks
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SignalPropagationMonitor",
+    "SpectrumStats",
+    "conv_singular_values_fft",
+    "jacobian_singular_values",
     "IsometryReport",
     "IsometryRepair",
     "LayerIsometry",
