@@ -9,6 +9,8 @@ accuracy and where the TensorBoard logs are. Any LightningModule / LightningData
 
 from __future__ import annotations
 
+import warnings
+
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -43,8 +45,10 @@ def _has_test_data(datamodule: LightningDataModule) -> bool:
     return type(datamodule).test_dataloader is not LightningDataModule.test_dataloader
 
 
-def main(args: list[str] | None = None) -> PruneInitCLI:
-    """Entry point of the ``lightning-prune-init`` console script (``args`` default to ``sys.argv[1:]``)."""
+def run_cli(args: list[str] | None = None) -> PruneInitCLI:
+    """Parse ``args`` (default ``sys.argv[1:]``), build everything, run the subcommand; returns the CLI object."""
+    # Lightning 2.6 itself triggers this deprecation inside its pytree helper on every batch transfer
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
     return PruneInitCLI(
         LightningModule,
         LightningDataModule,
@@ -53,6 +57,11 @@ def main(args: list[str] | None = None) -> PruneInitCLI:
         save_config_kwargs={"overwrite": True},
         args=args,
     )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``lightning-prune-init`` console script."""
+    run_cli(args)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from lightning_prune_init import PruneAtInitCallback, get_masks
-from lightning_prune_init.cli import PruneInitCLI, main
+from lightning_prune_init.cli import PruneInitCLI, main, run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(autouse=True)
@@ -46,6 +46,8 @@ def test_demo_config_runs_a_short_fit_and_prints_summary(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Pruned at initialization" in out
     assert "network.fc1.weight" in out and "10.00%" in out
+    assert "orth. error before repair" in out  # the repair table
+    assert "Jacobian singular values" in out and "after_repair" in out and "end to end" in out
     assert "test/acc" in out
     assert "tensorboard --logdir" in out
 
@@ -88,8 +90,19 @@ def test_print_config_round_trips(tmp_path):
     # and the printed config builds the same run: same model, same callback settings, same pruning
     runs = []
     for path in (config, str(dumped)):
-        cli = main(["fit", "-c", path, "--trainer.logger=false", "--trainer.max_steps=1", "--test_after_fit=false",
+        cli = run_cli(["fit", "-c", path, "--trainer.logger=false", "--trainer.max_steps=1", "--test_after_fit=false",
                     f"--trainer.default_root_dir={tmp_path}"])
         runs.append(get_masks(cli.model))
     assert runs[0].keys() == runs[1].keys()
     assert all(torch.equal(runs[0][n], runs[1][n]) for n in runs[0])
+
+
+def test_console_script_exits_zero(tmp_path):
+    """`make demo` relies on the console script's exit status."""
+    script = os.path.join(os.path.dirname(sys.executable), "lightning-prune-init")
+    result = subprocess.run(
+        [script, "fit", "-c", os.path.join(ROOT, "examples", "configs", "demo.yaml"), "--trainer.max_steps=2",
+         "--trainer.logger=false", "--test_after_fit=false", f"--trainer.default_root_dir={tmp_path}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]

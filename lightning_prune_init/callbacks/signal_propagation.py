@@ -160,6 +160,7 @@ class SignalPropagationMonitor(Callback):
         self._probe: Tensor | None = None  # [num_examples, ...] on CPU
         self._last_train_step = -1
         self._warned_loggers = False
+        self.stage_results: dict[str, dict[str, dict[str, SpectrumStats]]] = {}
 
     # --- Lightning hooks ----------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -205,7 +206,37 @@ class SignalPropagationMonitor(Callback):
         with preserve_random_state(pl_module.device):
             results, density = self.compute(trainer, pl_module)
         self.last_results, self.last_density = results, density
+        self.stage_results[stage] = results  # "train" keeps only the latest
         self._log(trainer, stage, results, density)
+
+    def summary(self) -> str:
+        """A table of singular-value statistics (mean ± std [min, max]) per layer and stage, from this run's calls.
+
+        Rows: every layer of the ``layerwise`` scope (else ``weights``), then the end-to-end Jacobian; columns:
+        the stages logged so far, in order (the ``train`` column is the latest training-time call).
+        """
+        if not self.stage_results:
+            return ""
+        stages = list(self.stage_results)
+        scope = "layerwise" if "layerwise" in self.scopes else "weights" if "weights" in self.scopes else None
+        rows: list[tuple[str, list[str]]] = []
+        layer_names: list[str] = []
+        for results in self.stage_results.values():
+            for name in results.get(scope, {}) if scope else {}:
+                if name not in layer_names:
+                    layer_names.append(name)
+        cell = lambda st: f"{st.mean:.3f} ± {st.std:.3f} [{st.min:.3f}, {st.max:.3f}]" if st is not None else ""  # noqa: E731
+        for name in layer_names:
+            rows.append((f"{scope}: {name}", [cell(self.stage_results[s].get(scope, {}).get(name)) for s in stages]))
+        if "end_to_end" in self.scopes:
+            rows.append(("end to end", [cell(self.stage_results[s].get("end_to_end", {}).get(END_TO_END)) for s in stages]))
+        width = max(len(r[0]) for r in rows)
+        widths = [max(len(stage), *(len(r[1][i]) for r in rows)) for i, stage in enumerate(stages)]
+        lines = ["Jacobian singular values: mean ± std [min, max]"]
+        lines.append("  ".join([" " * width] + [st.rjust(w) for st, w in zip(stages, widths)]))
+        for label, cells in rows:
+            lines.append("  ".join([label.ljust(width)] + [c.rjust(w) for c, w in zip(cells, widths)]))
+        return "\n".join(lines)
 
     def compute(
         self, trainer: Trainer | None, pl_module: LightningModule
