@@ -5,6 +5,7 @@ and data-free pruning, masks that survive training, resume and DDP, and signal-p
 (Lee et al., "A Signal Propagation Perspective for Pruning Neural Networks at Initialization", ICLR 2020).
 """
 
+from lightning_prune_init.ablations import random_masks_like, reinitialize_kept_, shuffle_masks
 from lightning_prune_init.callbacks import IsometryRepair, PruneAtInitCallback, SignalPropagationMonitor
 from lightning_prune_init.data import CIFAR10DataModule, DigitsDataModule, FashionMNISTDataModule, MNISTDataModule
 from lightning_prune_init.init import delta_orthogonal_, init_model_, orthogonal_, variance_scaling_
@@ -28,13 +29,35 @@ from lightning_prune_init.masking import (
 )
 from lightning_prune_init.models import ImageClassifier, build_network, count_weights
 from lightning_prune_init.parameters import prunable_parameters
-from lightning_prune_init.scoring import connection_sensitivity, noise_batches
+from lightning_prune_init.scoring import (
+    CRITERIA,
+    connection_sensitivity,
+    criterion_masks,
+    get_criterion,
+    noise_batches,
+    register_criterion,
+)
 from lightning_prune_init.spectrum import SpectrumStats, conv_singular_values_fft, jacobian_singular_values
-from lightning_prune_init.selection import LayerCollapseError, LayerCollapseWarning, select_masks
+from lightning_prune_init.selection import (
+    LayerCollapseError,
+    LayerCollapseWarning,
+    check_masks,
+    find_collapse,
+    select_masks,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CRITERIA",
+    "check_masks",
+    "criterion_masks",
+    "find_collapse",
+    "get_criterion",
+    "random_masks_like",
+    "register_criterion",
+    "reinitialize_kept_",
+    "shuffle_masks",
     "SignalPropagationMonitor",
     "SpectrumStats",
     "conv_singular_values_fft",

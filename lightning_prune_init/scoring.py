@@ -219,3 +219,171 @@ def connection_sensitivity(
         for s in scores.values():
             s.div_(total)
     return scores
+
+
+# --- the criterion registry ------------------------------------------------------------------------------
+Criterion = Callable[..., dict[str, Tensor]]
+
+#: Registered pruning-at-init criteria by name (``tuple(CRITERIA)`` lists the names). Add one with
+#: :func:`register_criterion`; look one up (or import one by path) with :func:`get_criterion`.
+CRITERIA: dict[str, Criterion] = {}
+
+
+def register_criterion(name: str, *, needs_data: bool = True, iterative: bool = False) -> Callable[[Criterion], Criterion]:
+    """Decorator: register a scoring function under ``name``.
+
+    Every criterion has the signature (keywords after ``batches`` are passed by name; a criterion ignores what
+    it does not use)::
+
+        fn(model, batches, *, sparsity, scope, min_density, invert, labels, loss_fn, include, exclude,
+           prune_biases, reduce_fn, generator, **criterion_options) -> {parameter name: float scores}
+
+    and returns non-negative scores of each prunable parameter's shape and device, higher = keep. The
+    contract: ``select_masks(scores, sparsity, scope=scope, min_density=min_density, invert=invert)``, with the
+    same selection arguments as the criterion received, gives the criterion's masks (iterative criteria use
+    them in their rounds and encode their final mask in the scores; see :mod:`lightning_prune_init.criteria`).
+
+    Args:
+        name: the registry key (also what YAML configs give as ``criterion``).
+        needs_data: False for data-free criteria, which accept ``batches=None``.
+        iterative: True when the criterion prunes in rounds and so needs ``sparsity`` and the selection options.
+
+    Raises:
+        ValueError: ``name`` is empty, contains a dot (dots mean import paths), or is already registered to
+            another function.
+    """
+    if not isinstance(name, str) or not name or "." in name:
+        raise ValueError(f"a criterion name must be a non-empty string without dots, got {name!r}")
+
+    def decorator(fn: Criterion) -> Criterion:
+        if not callable(fn):
+            raise TypeError(f"register_criterion({name!r}) decorates a function, got {type(fn).__name__}")
+        if name in CRITERIA and CRITERIA[name] is not fn:
+            raise ValueError(f"criterion {name!r} is already registered (to {CRITERIA[name].__qualname__})")
+        fn.criterion_name = name
+        fn.needs_data = needs_data
+        fn.iterative = iterative
+        CRITERIA[name] = fn
+        return fn
+
+    return decorator
+
+
+def get_criterion(criterion: str | Criterion) -> Criterion:
+    """The scoring function registered as ``criterion``, or imported from its path ``"package.module.name"``.
+
+    A callable is returned as is. Unregistered callables are treated as needing data and not iterative.
+
+    Raises:
+        ValueError: an unknown name (the message lists :data:`CRITERIA`) or a path that cannot be imported.
+        TypeError: neither a string nor a callable.
+    """
+    if callable(criterion):
+        return criterion
+    if not isinstance(criterion, str):
+        raise TypeError(f"`criterion` must be a name, an import path or a callable, got {type(criterion).__name__}")
+    if criterion in CRITERIA:
+        return CRITERIA[criterion]
+    if "." not in criterion:
+        raise ValueError(
+            f"unknown `criterion` {criterion!r}; registered: {', '.join(map(repr, CRITERIA))}, or give the import "
+            "path of your own scoring function ('package.module.name')"
+        )
+    return resolve_callable(criterion, "criterion")
+
+
+def criterion_needs_data(criterion: str | Criterion) -> bool:
+    """Whether the criterion reads scoring batches (False for ``synflow``, ``magnitude``, ``random``)."""
+    return bool(getattr(get_criterion(criterion), "needs_data", True))
+
+
+@register_criterion("snip")
+def snip(
+    model: nn.Module,
+    batches: Iterable[Any] | Tensor,
+    *,
+    sparsity: float | None = None,
+    scope: str = "global",
+    min_density: float = 0.0,
+    invert: bool = False,
+    labels: Labels = "true",
+    loss_fn: LossFn | str | None = None,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    prune_biases: bool = False,
+    reduce_fn: Callable[[Tensor], Tensor] | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """SNIP in the registry's signature: :func:`connection_sensitivity` (normalized, float32).
+
+    ``sparsity``, ``scope``, ``min_density``, ``invert`` and ``generator`` are not used.
+    """
+    return connection_sensitivity(
+        model,
+        batches,
+        labels=labels,
+        loss_fn=loss_fn,
+        include=include,
+        exclude=exclude,
+        prune_biases=prune_biases,
+        reduce_fn=reduce_fn,
+    )
+
+
+def criterion_masks(
+    model: nn.Module,
+    batches: Iterable[Any] | Tensor | None,
+    *,
+    criterion: str | Criterion = "snip",
+    sparsity: float,
+    scope: Literal["global", "layerwise"] = "global",
+    min_density: float = 0.0,
+    invert: bool = False,
+    on_layer_collapse: Literal["warn", "error", "ignore"] = "warn",
+    labels: Labels = "true",
+    loss_fn: LossFn | str | None = None,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    prune_biases: bool = False,
+    reduce_fn: Callable[[Tensor], Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    criterion_options: dict[str, Any] | None = None,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Score with ``criterion`` and select the masks with the same selection arguments; returns ``(scores, masks)``.
+
+    The selection arguments are checked before any scoring. ``criterion_options`` are passed to the criterion
+    as extra keywords (e.g. ``{"rounds": 100}`` for ``synflow``, ``{"temperature": 200.0}`` for ``grasp``).
+    See :func:`register_criterion` for the other arguments.
+    """
+    from lightning_prune_init.selection import select_masks, validate_min_density, validate_sparsity
+
+    fn = get_criterion(criterion)
+    sparsity = validate_sparsity(sparsity)
+    min_density = validate_min_density(min_density)
+    if scope not in ("global", "layerwise"):
+        raise ValueError(f"`scope` must be 'global' or 'layerwise', got {scope!r}")
+    if criterion_options is not None and not isinstance(criterion_options, dict):
+        raise TypeError(f"`criterion_options` must be a dict of keyword arguments, got {type(criterion_options).__name__}")
+    scores = fn(
+        model,
+        batches,
+        sparsity=sparsity,
+        scope=scope,
+        min_density=min_density,
+        invert=invert,
+        labels=labels,
+        loss_fn=loss_fn,
+        include=include,
+        exclude=exclude,
+        prune_biases=prune_biases,
+        reduce_fn=reduce_fn,
+        generator=generator,
+        **(criterion_options or {}),
+    )
+    masks = select_masks(
+        scores, sparsity, scope=scope, min_density=min_density, invert=invert, on_layer_collapse=on_layer_collapse
+    )
+    return scores, masks
+
+
+from lightning_prune_init import criteria as _criteria  # noqa: E402,F401  (registers the other criteria)

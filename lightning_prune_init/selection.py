@@ -6,9 +6,25 @@ deterministically: among equal scores, entries come in the order of the ``scores
 (row-major) index, and the earlier ones are kept. So the count is always exact and the same scores always
 give the same masks, on any device and any rank.
 
-The κ-th largest score is found by bisection on the bit pattern of the (non-negative) float scores, which
-orders exactly like the values: about 32 counting passes over the scores, with no concatenated copy of
-all scores (peak extra memory: one bool tensor the size of the largest score tensor).
+The κ-th largest score is found by radix selection on the bit pattern of the (non-negative) float scores,
+which orders exactly like the values: 16 bits at a time, 2 counting passes over the scores for float32 (4 for
+float64), tensor by tensor, with no concatenated copy of all scores (peak extra memory: about two integer
+copies of the largest score tensor).
+
+Options of :func:`select_masks`:
+
+* ``min_density``: every tensor keeps at least ``ceil(min_density · numel)`` entries (its own highest
+  scores). With ``scope="global"`` the total stays exactly ``κ``: the floors are taken first, and the
+  remaining ``κ − Σ floors`` entries go to the highest-scoring entries not yet kept, over all tensors
+  together (one global threshold on what is left). This is the keep set of largest total score under the
+  floors. With ``scope="layerwise"`` a tensor keeps ``max(round(numel · (1 − sparsity)), floor)``.
+* ``invert=True``: keep the *lowest* scores (the "inverted scores" sanity check). Done on the bit patterns
+  (``key = bits(+inf) − bits(score)``), which reverses the order exactly, equal scores staying equal; ties are
+  still broken by (mapping order, flat index), earlier kept.
+
+Layer collapse (:func:`check_collapse`, :func:`find_collapse`): a tensor with no kept entry, or an output
+unit (row ``i`` of a linear weight ``[out, in]``, output channel ``i`` of a conv weight ``[c_out, c_in, ...]``)
+whose incoming weights are all pruned: such a unit outputs a constant (its bias) whatever its input.
 """
 
 from __future__ import annotations
@@ -16,7 +32,8 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from fractions import Fraction
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -25,14 +42,15 @@ Scope = Literal["global", "layerwise"]
 CollapsePolicy = Literal["warn", "error", "ignore"]
 
 _INT_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64}
+_FLOAT_OF = {torch.int32: torch.float32, torch.int64: torch.float64}
 
 
 class LayerCollapseError(ValueError):
-    """A parameter would be pruned entirely (raised when ``on_layer_collapse="error"``)."""
+    """A parameter would be pruned entirely, or a unit keeps no input (raised when ``on_layer_collapse="error"``)."""
 
 
 class LayerCollapseWarning(UserWarning):
-    """A parameter is pruned entirely (``on_layer_collapse="warn"``, the default)."""
+    """A parameter is pruned entirely, or a unit keeps no input (``on_layer_collapse="warn"``, the default)."""
 
 
 def keep_count(numel: int, sparsity: float) -> int:
@@ -55,55 +73,73 @@ def _as_bits(t: Tensor) -> Tensor:
     return t.view(_INT_VIEW[t.dtype])
 
 
-def _count_at_least(tensors: Sequence[Tensor], bits: int) -> int:
-    return sum(int((_as_bits(t) >= bits).sum()) for t in tensors)
+_DIGIT_BITS = 16  # radix of the selection: 2 passes over the scores for float32 keys, 4 for float64
+
+
+def _kth_largest_key(keys: Sequence[Tensor], k: int) -> int:
+    """The ``k``-th largest integer key (keys ``< 0`` never count; the caller ensures ``k`` of them are ``>= 0``).
+
+    Radix selection, most significant 16-bit digit first: each pass counts the digits (``bincount``) of the
+    entries that share the digits found so far, and picks the digit holding the ``k``-th largest.
+    """
+    width = 64 if keys[0].dtype == torch.int64 else 32
+    prefix, remaining = 0, k
+    for shift in range(width - _DIGIT_BITS, -1, -_DIGIT_BITS):
+        counts = torch.zeros(1 << _DIGIT_BITS, dtype=torch.int64, device=keys[0].device)
+        for t in keys:
+            candidate = t >= 0
+            if shift + _DIGIT_BITS < width:  # same higher digits as the prefix found so far
+                candidate &= (t >> (shift + _DIGIT_BITS)) == (prefix >> (shift + _DIGIT_BITS))
+            digits = (t[candidate] >> shift) & ((1 << _DIGIT_BITS) - 1)
+            counts += torch.bincount(digits, minlength=1 << _DIGIT_BITS)
+        from_top = counts.flip(0).cumsum(0)
+        index = int((from_top < remaining).sum())  # first position, from the top, reaching `remaining`
+        digit = (1 << _DIGIT_BITS) - 1 - index
+        remaining -= int(from_top[index]) - int(counts[digit])
+        prefix |= digit << shift
+    return prefix
 
 
 def kth_largest(tensors: Sequence[Tensor], k: int) -> Tensor:
     """The ``k``-th largest value (1-based) among all entries of non-negative float ``tensors``.
 
-    Exact, by bisection on bit patterns; no concatenation. Returns a 0-d tensor of the scores' dtype.
+    Exact, by radix selection on bit patterns; no concatenation. Returns a 0-d tensor of the scores' dtype.
     """
     dtype = tensors[0].dtype
     total = sum(t.numel() for t in tensors)
     if not 1 <= k <= total:
         raise ValueError(f"k={k} out of range for {total} entries")
-    lo = 0  # invariant: count(bits >= lo) >= k
-    hi = int(_as_bits(torch.tensor(math.inf, dtype=dtype)))  # bits of +inf
-    if _count_at_least(tensors, hi) >= k:
-        lo = hi
-    while hi - lo > 1:  # invariant: count(>= lo) >= k > count(>= hi)
-        mid = (lo + hi) // 2
-        if _count_at_least(tensors, mid) >= k:
-            lo = mid
-        else:
-            hi = mid
-    return torch.tensor(lo, dtype=_INT_VIEW[dtype]).view(dtype)
+    return torch.tensor(_kth_largest_key([_as_bits(t) for t in tensors], k), dtype=_INT_VIEW[dtype]).view(dtype)
 
 
-def _top_k_masks(scores: Mapping[str, Tensor], k: int) -> dict[str, Tensor]:
-    """Keep exactly ``k`` entries across all tensors of ``scores``, ties broken by (mapping order, flat index)."""
+def _top_k_keys(keys: Mapping[str, Tensor], k: int) -> dict[str, Tensor]:
+    """Keep exactly ``k`` entries of largest integer key (keys ``< 0`` are never kept), ties broken by (mapping
+    order, flat index)."""
     if k == 0:
-        return {name: torch.zeros_like(s, dtype=torch.bool) for name, s in scores.items()}
-    tensors = list(scores.values())
-    threshold = _as_bits(kth_largest(tensors, k).to(tensors[0].device))
-    masks = {name: _as_bits(s) > threshold for name, s in scores.items()}
+        return {name: torch.zeros_like(t, dtype=torch.bool) for name, t in keys.items()}
+    threshold = _kth_largest_key(list(keys.values()), k)
+    masks = {name: t > threshold for name, t in keys.items()}
     remaining = k - sum(int(m.sum()) for m in masks.values())
-    for name, s in scores.items():  # fill with threshold ties, earliest first
+    for name, t in keys.items():  # fill with threshold ties, earliest first
         if remaining == 0:
             break
-        equal = (_as_bits(s) == threshold).reshape(-1)
+        equal = (t == threshold).reshape(-1)
         n_equal = int(equal.sum())
         if n_equal == 0:
             continue
         if n_equal <= remaining:
-            masks[name] |= equal.view_as(s)
+            masks[name] |= equal.view_as(t)
             remaining -= n_equal
         else:
             first = equal.nonzero().reshape(-1)[:remaining]
             masks[name].view(-1)[first] = True
             remaining = 0
     return masks
+
+
+def _top_k_masks(scores: Mapping[str, Tensor], k: int) -> dict[str, Tensor]:
+    """Keep exactly ``k`` entries across all tensors of ``scores``, ties broken by (mapping order, flat index)."""
+    return _top_k_keys({name: _as_bits(s) for name, s in scores.items()}, k)
 
 
 def _check_scores(scores: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -131,12 +167,45 @@ def _check_scores(scores: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return checked
 
 
+def validate_min_density(min_density: float) -> float:
+    """Check ``0 <= min_density <= 1`` and return it as a float."""
+    if isinstance(min_density, bool) or not isinstance(min_density, (int, float)):
+        raise TypeError(f"`min_density` must be a float in [0, 1], got {type(min_density).__name__}")
+    if math.isnan(min_density) or not (0.0 <= float(min_density) <= 1.0):
+        raise ValueError(
+            f"`min_density` must be in [0, 1] (the fraction of each tensor kept at least; 0 = no floor), "
+            f"got {min_density}"
+        )
+    return float(min_density)
+
+
+def min_keep_count(numel: int, min_density: float) -> int:
+    """``ceil(min_density · numel)``, computed on the decimal value of ``min_density`` (``0.1 · 30`` is 3, not 4)."""
+    return min(numel, math.ceil(Fraction(repr(float(min_density))) * numel))
+
+
+def _inverted(keys: Tensor) -> Tensor:
+    inf_bits = int(_as_bits(torch.tensor(math.inf, dtype=_FLOAT_OF[keys.dtype])))
+    return inf_bits - keys  # keys of non-negative finite floats lie in [0, inf_bits): the order reverses exactly
+
+
+def _with_floors(keys: Mapping[str, Tensor], k: int, floors: Mapping[str, int]) -> dict[str, Tensor]:
+    """Each tensor's ``floors[name]`` largest keys, then the ``k − Σ floors`` largest of all other entries."""
+    forced = {name: _top_k_keys({name: t}, floors[name])[name] for name, t in keys.items()}
+    rest = {name: t.masked_fill(forced[name], -1) for name, t in keys.items()}  # -1: never selected again
+    chosen = _top_k_keys(rest, k - sum(floors.values()))
+    return {name: chosen[name] | forced[name] for name in keys}
+
+
 def select_masks(
     scores: Mapping[str, Tensor],
     sparsity: float,
     *,
     scope: Scope = "global",
     on_layer_collapse: CollapsePolicy = "warn",
+    on_dead_units: CollapsePolicy = "ignore",
+    min_density: float = 0.0,
+    invert: bool = False,
 ) -> dict[str, Tensor]:
     """Keep the highest-scoring entries; returns ``{name: bool mask}`` (``True`` = kept).
 
@@ -145,40 +214,116 @@ def select_masks(
         sparsity: fraction of entries removed, in ``[0, 1)``.
         scope: ``"global"`` (one threshold for all tensors, as SNIP; a layer may collapse) or ``"layerwise"``
             (each tensor keeps ``round(numel · (1 − sparsity))`` of its own entries).
-        on_layer_collapse: what to do when a tensor keeps no entry: ``"warn"`` (default,
-            :class:`LayerCollapseWarning`), ``"error"`` (:class:`LayerCollapseError`, nothing returned) or
-            ``"ignore"``.
+        on_layer_collapse: what to do when a tensor keeps no entry (:func:`check_collapse`): ``"warn"``
+            (default, :class:`LayerCollapseWarning`), ``"error"`` (:class:`LayerCollapseError`, nothing
+            returned) or ``"ignore"``.
+        on_dead_units: the same choice for output units of a weight that keep no input (a unit that outputs a
+            constant). Default ``"ignore"``: global SNIP leaves some at ordinary sparsities (e.g. about 5% of
+            LeNet-300-100's first layer at 90%); :func:`find_collapse` counts them.
+        min_density: each tensor keeps at least ``ceil(min_density · numel)`` entries, in ``[0, 1]``; default 0
+            (no floor). Global scope: the total stays ``round(m · (1 − sparsity))``, the rest of the budget
+            going to the highest remaining scores over all tensors (see the module docstring).
+        invert: keep the lowest scores instead (sanity check); default False.
 
     Raises:
-        ValueError / TypeError: bad sparsity or scope, empty, negative or non-finite scores.
+        ValueError / TypeError: bad sparsity, scope or min_density, floors that exceed the global keep
+            count, empty, negative or non-finite scores.
     """
     sparsity = validate_sparsity(sparsity)
     if scope not in ("global", "layerwise"):
         raise ValueError(f"`scope` must be 'global' or 'layerwise', got {scope!r}")
-    if on_layer_collapse not in ("warn", "error", "ignore"):
-        raise ValueError(f"`on_layer_collapse` must be 'warn', 'error' or 'ignore', got {on_layer_collapse!r}")
+    for argument, value in (("on_layer_collapse", on_layer_collapse), ("on_dead_units", on_dead_units)):
+        if value not in ("warn", "error", "ignore"):
+            raise ValueError(f"`{argument}` must be 'warn', 'error' or 'ignore', got {value!r}")
+    min_density = validate_min_density(min_density)
+    if not isinstance(invert, bool):
+        raise TypeError(f"`invert` must be a bool, got {type(invert).__name__}")
     checked = _check_scores(scores)
+    keys = {name: _as_bits(s) for name, s in checked.items()}
+    if invert:
+        keys = {name: _inverted(t) for name, t in keys.items()}
+    floors = {name: min_keep_count(t.numel(), min_density) for name, t in keys.items()}
     if scope == "global":
-        total = sum(s.numel() for s in checked.values())
-        masks = _top_k_masks(checked, keep_count(total, sparsity))
+        total = sum(t.numel() for t in keys.values())
+        k = keep_count(total, sparsity)
+        if sum(floors.values()) > k:
+            raise ValueError(
+                f"`min_density`={min_density} asks for {sum(floors.values()):,} kept entries in all, more than the "
+                f"{k:,} that `sparsity`={sparsity} keeps of {total:,}; lower `min_density` (at most about "
+                f"{1 - sparsity:g}) or `sparsity`"
+            )
+        masks = _with_floors(keys, k, floors) if any(floors.values()) else _top_k_keys(keys, k)
     else:
         masks = {}
-        for name, s in checked.items():
-            masks.update(_top_k_masks({name: s}, keep_count(s.numel(), sparsity)))
-    check_collapse(masks, on_layer_collapse)
+        for name, t in keys.items():
+            masks.update(_top_k_keys({name: t}, max(keep_count(t.numel(), sparsity), floors[name])))
+    check_masks(masks, on_layer_collapse, on_dead_units)
     return masks
 
 
-def check_collapse(masks: Mapping[str, Tensor], policy: CollapsePolicy = "warn") -> list[str]:
-    """Names of masks with no kept entry; warn or raise about them according to ``policy``."""
-    collapsed = [name for name, m in masks.items() if m.numel() > 0 and not bool(m.any())]
-    if collapsed and policy != "ignore":
-        message = (
-            f"{len(collapsed)} parameter(s) would be pruned entirely: {', '.join(collapsed)}. The network "
-            "cannot pass a signal through them. Lower `sparsity`, use scope='layerwise', exclude them with "
-            "`exclude`, or initialize for isometry (init='orthogonal') before scoring"
+def check_masks(
+    masks: Mapping[str, Tensor], on_layer_collapse: CollapsePolicy = "warn", on_dead_units: CollapsePolicy = "ignore"
+) -> Collapse:
+    """Apply the two collapse policies to ``masks`` (tensors pruned entirely; dead output units); returns what
+    :func:`find_collapse` found."""
+    found = find_collapse(masks)
+    check_collapse(masks, on_layer_collapse, units=False)
+    if found.dead_units:
+        check_collapse({name: masks[name] for name in found.dead_units}, on_dead_units)
+    return found
+
+
+class Collapse(NamedTuple):
+    """What :func:`find_collapse` found: tensors with no kept entry, and weights with dead output units."""
+
+    pruned_entirely: list[str]
+    dead_units: dict[str, int]  # name -> number of output units (rows / output channels) with no kept input
+
+    def names(self) -> list[str]:
+        """Every name with a collapse of either kind, tensors pruned entirely first."""
+        return self.pruned_entirely + [n for n in self.dead_units if n not in self.pruned_entirely]
+
+
+def find_collapse(masks: Mapping[str, Tensor], *, units: bool = True) -> Collapse:
+    """Tensors with no kept entry, and (``units=True``) output units with no kept input weight.
+
+    An output unit is row ``i`` of a mask with at least 2 dimensions (``[out, in]`` linear,
+    ``[c_out, c_in, *kernel]`` conv). Tensors pruned entirely are not counted again as dead units; 1-D masks
+    (biases) have no units.
+    """
+    entirely = [name for name, m in masks.items() if m.numel() > 0 and not bool(m.any())]
+    dead: dict[str, int] = {}
+    if units:
+        for name, m in masks.items():
+            if m.dim() >= 2 and m.numel() > 0 and name not in entirely:
+                n_dead = int((~m.reshape(m.shape[0], -1).any(dim=1)).sum())
+                if n_dead:
+                    dead[name] = n_dead
+    return Collapse(entirely, dead)
+
+
+def check_collapse(masks: Mapping[str, Tensor], policy: CollapsePolicy = "warn", *, units: bool = True) -> list[str]:
+    """Names of masks with no kept entry, then of weights with dead output units (``units=True``); warn or raise
+    about them according to ``policy`` (one message for both kinds)."""
+    found = find_collapse(masks, units=units)
+    parts = []
+    if found.pruned_entirely:
+        parts.append(
+            f"{len(found.pruned_entirely)} parameter(s) would be pruned entirely: {', '.join(found.pruned_entirely)}. "
+            "The network cannot pass a signal through them."
+        )
+    if found.dead_units:
+        listed = ", ".join(f"{n} ({k} of {masks[n].shape[0]})" for n, k in found.dead_units.items())
+        parts.append(
+            f"{sum(found.dead_units.values())} output unit(s) would keep no input weight: {listed}. Each such unit "
+            "outputs a constant, whatever its input."
+        )
+    if parts and policy != "ignore":
+        message = " ".join(parts) + (
+            " Lower `sparsity`, use scope='layerwise' or `min_density`, exclude them with `exclude`, or initialize "
+            "for isometry (init='orthogonal') before scoring"
         )
         if policy == "error":
             raise LayerCollapseError(message)
         warnings.warn(message, LayerCollapseWarning, stacklevel=3)
-    return collapsed
+    return found.names()

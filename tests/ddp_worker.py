@@ -1,6 +1,6 @@
 """Run by tests/test_ddp.py: a 2-process DDP fit on CPU (gloo) that dumps each rank's masks and weights.
 
-Usage: python tests/ddp_worker.py OUT_DIR [EXTRA_CALLBACK_KWARGS_JSON] [desync_rng]
+Usage: python tests/ddp_worker.py OUT_DIR [EXTRA_CALLBACK_KWARGS_JSON] [desync_rng] [criteria]
 """
 
 import json
@@ -47,23 +47,43 @@ class Dump(pl.Callback):
 DESYNC = "desync_rng" in sys.argv
 
 
-def main() -> None:
-    out = sys.argv[1]
-    extra = json.loads(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2].startswith("{") else {}
-    pl.seed_everything(0)
-    model = Classifier(n=128, batch_size=16)
-    trainer = pl.Trainer(
+def _trainer(callbacks, max_steps=5):
+    return pl.Trainer(
         accelerator="cpu",
         devices=2,
         strategy="ddp",
-        max_steps=5,
+        max_steps=max_steps,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[Dump(out, "before"), PruneAtInitCallback(0.9, **extra), Dump(out, "after")],
+        callbacks=callbacks,
     )
-    trainer.fit(model)
+
+
+def run_criteria(out: str) -> None:
+    """One fit per registered criterion, each with a fresh Trainer in the same 2-process group."""
+    from lightning_prune_init.scoring import CRITERIA
+
+    for name in sorted(CRITERIA):
+        pl.seed_everything(0)
+        model = Classifier(n=128, batch_size=16)
+        options = {"rounds": 3} if name in ("synflow", "iterative_snip") else None
+        pruner = PruneAtInitCallback(0.9, criterion=name, criterion_options=options, verbose=False)
+        dump = Dump(os.path.join(out, name), "after")
+        os.makedirs(dump.out, exist_ok=True)
+        _trainer([pruner, dump], max_steps=2).fit(model)
+
+
+def main() -> None:
+    out = sys.argv[1]
+    if "criteria" in sys.argv:
+        run_criteria(out)
+        return
+    extra = json.loads(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2].startswith("{") else {}
+    pl.seed_everything(0)
+    model = Classifier(n=128, batch_size=16)
+    _trainer([Dump(out, "before"), PruneAtInitCallback(0.9, **extra), Dump(out, "after")]).fit(model)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def test_resume_restores_masks_bit_identically_without_rescoring(tmp_path, monke
     # resume: the masks come from the checkpoint; scoring must not run again
     import lightning_prune_init.callbacks.prune_at_init as module
 
-    monkeypatch.setattr(module, "connection_sensitivity", lambda *a, **k: pytest.fail("re-scored on resume"))
+    monkeypatch.setattr(module, "criterion_masks", lambda *a, **k: pytest.fail("re-scored on resume"))
     pl.seed_everything(1)  # a different init and data order would give other masks if pruning ran again
     resumed = Classifier()
     recorder = Recorder()
@@ -279,3 +279,71 @@ def test_init_and_isometry_repair_in_a_fit(tmp_path):
     rows = list(csv.DictReader(open(glob.glob(str(tmp_path / "iso" / "*" / "metrics.csv"))[0])))
     assert any(row.get("isometry/error_after/net.4.weight") for row in rows)
 
+
+
+def _fit_masks(tmp_path, **kwargs):
+    pl.seed_everything(0)
+    model = Classifier()
+    callback = PruneAtInitCallback(0.9, verbose=False, **kwargs)
+    pl.Trainer(**trainer_kwargs(tmp_path, max_steps=1), callbacks=[callback]).fit(model)
+    return model, callback
+
+
+def test_ablations_change_only_what_they_claim(tmp_path):
+    base_model, base = _fit_masks(tmp_path)
+    base_masks = base.masks
+    counts = {n: int(m.sum()) for n, m in base_masks.items()}
+    for ablation in ("shuffle", "random"):
+        _, cb = _fit_masks(tmp_path, ablation=ablation, seed=1)
+        assert {n: int(m.sum()) for n, m in cb.masks.items()} == counts  # same per-layer density
+        assert all(not torch.equal(cb.masks[n], base_masks[n]) for n in counts)  # other positions
+        _, again = _fit_masks(tmp_path, ablation=ablation, seed=1)
+        assert all(torch.equal(cb.masks[n], again.masks[n]) for n in counts)  # deterministic under a seed
+    _, inverted = _fit_masks(tmp_path, ablation="invert")
+    assert sum(int(m.sum()) for m in inverted.masks.values()) == sum(counts.values())
+    assert all(not (inverted.masks[n] & base_masks[n]).any() for n in counts)  # the lowest scores, not the highest
+
+    pl.seed_everything(0)
+    model = Classifier()
+    recorder = Recorder()
+    reinit = PruneAtInitCallback(0.9, verbose=False, ablation="reinit", init="orthogonal", init_seed=0)
+    plain = PruneAtInitCallback(0.9, verbose=False, init="orthogonal", init_seed=0)
+    weights = []
+    for callback in (plain, reinit):
+        pl.seed_everything(0)
+        model, recorder = Classifier(), Recorder()
+        pl.Trainer(**trainer_kwargs(tmp_path, max_steps=1), callbacks=[callback, recorder]).fit(model)
+        weights.append(recorder)
+    for n, m in weights[0].masks.items():
+        assert torch.equal(weights[0].masks[n], weights[1].masks[n])  # the mask is kept
+        kept0, kept1 = weights[0].weights[n][m], weights[1].weights[n][m]
+        assert bool((kept0 != kept1).all())  # every kept value is re-drawn
+        assert torch.count_nonzero(weights[1].weights[n][~m]) == 0
+    assert torch.equal(weights[0].weights["net.1.bias"], weights[1].weights["net.1.bias"])  # nothing else changes
+
+
+def test_criteria_through_the_callback_and_density_profile(tmp_path):
+    import json
+
+    for criterion, options in [("synflow", {"rounds": 5}), ("grasp", None), ("magnitude", None), ("random", None),
+                               ("iterative_snip", {"rounds": 3})]:
+        model, cb = _fit_masks(tmp_path, criterion=criterion, criterion_options=options)
+        assert sum(int(m.sum()) for m in cb.masks.values()) == round(266_200 * 0.1), criterion
+    with pytest.raises(ValueError, match="criterion"):
+        PruneAtInitCallback(0.9, criterion="snipp")
+
+    pl.seed_everything(0)
+    model = Classifier()
+    callback = PruneAtInitCallback(0.9, verbose=False, min_density=0.05)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path / "profile", max_steps=1), callbacks=[callback])
+    trainer.fit(model)
+    profile = json.load(open(tmp_path / "profile" / "prune_density.json"))
+    masks = get_masks(model)
+    for name, row in profile["layers"].items():
+        assert row["kept"] == int(masks[name].sum()) and row["total"] == masks[name].numel()
+        assert row["density"] >= 0.05
+        dead = int((~masks[name].any(dim=1)).sum())
+        assert row["dead_units"] == dead
+    assert profile["config"]["min_density"] == 0.05
+    assert (tmp_path / "profile" / "prune_density.csv").read_text().startswith("parameter,kept,total,density,dead_units")
+    assert callback.state_dict()["density_profile"] == profile["layers"]

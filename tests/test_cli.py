@@ -37,6 +37,24 @@ def test_every_example_config_parses_and_instantiates(config, tmp_path):
     assert any(isinstance(cb, PruneAtInitCallback) for cb in cli.trainer.callbacks)
 
 
+DIGITS_CONFIGS = [c for c in CONFIGS if "DigitsDataModule" in open(c).read() and not c.endswith("demo.yaml")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", DIGITS_CONFIGS, ids=[os.path.basename(c) for c in DIGITS_CONFIGS])
+def test_digits_configs_run_a_short_fit(config, tmp_path):
+    cli = run_cli([
+        "fit", "-c", config, "--trainer.max_steps=3", "--trainer.logger=false", "--test_after_fit=false",
+        f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+    ])
+    pruner = next(cb for cb in cli.trainer.callbacks if isinstance(cb, PruneAtInitCallback))
+    masks = get_masks(cli.model)
+    kept = sum(int(m.sum()) for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    assert kept == round(total * (1 - pruner.sparsity))
+    assert cli.trainer.global_step == 3
+
+
 def test_demo_config_runs_a_short_fit_and_prints_summary(tmp_path, capsys):
     main([
         "fit", "-c", os.path.join(ROOT, "examples", "configs", "demo.yaml"),
@@ -106,3 +124,20 @@ def test_console_script_exits_zero(tmp_path):
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("criterion", ["snip", "grasp", "synflow", "iterative_snip", "magnitude", "random"])
+def test_every_criterion_from_yaml_and_command_line(criterion, tmp_path):
+    cli = run_cli([
+        "fit", "--model=ImageClassifier", "--data=DigitsDataModule", "--trainer.logger=false",
+        "--trainer.max_steps=2", "--test_after_fit=false", f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.callbacks+=PruneAtInitCallback", f"--trainer.callbacks.criterion={criterion}",
+        '--trainer.callbacks.criterion_options={"rounds": 3}' if criterion in ("synflow", "iterative_snip") else
+        "--trainer.callbacks.criterion_options=null",
+    ])
+    pruner = next(cb for cb in cli.trainer.callbacks if isinstance(cb, PruneAtInitCallback))
+    assert pruner.criterion == criterion
+    masks = get_masks(cli.model)
+    assert sum(int(m.sum()) for m in masks.values()) == round(266_200 * 0.1)

@@ -76,3 +76,16 @@ def test_ddp_reinit_and_repair_are_broadcast_from_rank_0(tmp_path):
     assert _same(trained[0]["weights"], trained[1]["weights"])
     for n, m in pruned[0]["masks"].items():
         assert torch.count_nonzero(trained[0]["weights"][n][~m]) == 0
+
+
+def test_every_criterion_gives_identical_masks_on_both_ranks(tmp_path):
+    from lightning_prune_init.scoring import CRITERIA
+
+    _run_ddp(tmp_path, "criteria")
+    for name in CRITERIA:
+        pruned, trained = [_load(tmp_path / name, "pruned"), _load(tmp_path / name, "trained")]
+        masks = pruned[0]["masks"]
+        assert sum(int(m.sum()) for m in masks.values()) == round(266_200 * 0.1), name
+        assert _same(pruned[0]["masks"], pruned[1]["masks"]), name
+        assert _same(trained[0]["weights"], trained[1]["weights"]), name
+        assert all(torch.count_nonzero(trained[0]["weights"][n][~m]) == 0 for n, m in masks.items()), name

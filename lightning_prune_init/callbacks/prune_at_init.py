@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 
+from lightning_prune_init.ablations import random_masks_like, reinitialize_kept_, shuffle_masks
 from lightning_prune_init.init import init_model_
 from lightning_prune_init.isometry import IsometryReport, approximate_isometry
 from lightning_prune_init.masking import (
@@ -39,8 +40,14 @@ from lightning_prune_init.masking import (
     unpack_masks,
 )
 from lightning_prune_init.parameters import prunable_parameters
-from lightning_prune_init.scoring import connection_sensitivity, noise_batches, resolve_callable
-from lightning_prune_init.selection import check_collapse, keep_count, select_masks, validate_sparsity
+from lightning_prune_init.scoring import (
+    criterion_masks,
+    criterion_needs_data,
+    get_criterion,
+    noise_batches,
+    resolve_callable,
+)
+from lightning_prune_init.selection import Collapse, check_masks, keep_count, validate_min_density, validate_sparsity
 
 Supervision = Literal["labels", "label_free", "data_free"]
 InitScheme = Literal["orthogonal", "delta-orthogonal", "vs-lecun", "vs-glorot", "vs-he"]
@@ -64,6 +71,7 @@ class IsometryRepair:
 
 _SHARDING_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 _STATE_FORMAT = 1
+_REINIT_SEED_OFFSET = 1_000_003
 
 
 def notify_prune_stage(trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -88,6 +96,18 @@ class PruneAtInitCallback(Callback):
         sparsity: fraction of the prunable weights removed, in ``[0, 1)``. ``0.9`` keeps
             ``round(0.1 · m)`` of the ``m`` prunable entries. Default 0.9.
         scope: ``"global"`` (default; one threshold over all layers, as SNIP) or ``"layerwise"``.
+        criterion: scoring criterion by registry name (``"snip"``, default; ``"grasp"``, ``"synflow"``,
+            ``"iterative_snip"``, ``"magnitude"``, ``"random"``) or import path of a function with the
+            registry's signature (docs/criteria.md).
+        criterion_options: extra keyword arguments of the criterion, e.g. ``{rounds: 100}`` for synflow.
+        min_density: every prunable tensor keeps at least this fraction of its entries (the total keep count
+            stays exact). Default 0.
+        ablation: a sanity check of Frankle et al. (2021) applied to the chosen masks: ``"shuffle"`` (each
+            layer's mask permuted, same density), ``"random"`` (random masks with the same per-layer
+            counts), ``"reinit"`` (kept weights re-drawn, scheme ``init`` or PyTorch's default, from a
+            stream seeded by ``seed + 1_000_003``, apart from ``init_seed``'s),
+            ``"invert"`` (keep the lowest scores). Default None.
+        seed: seed of the ``random`` criterion and of the ablations (same on every rank). Default 0.
         supervision: ``"labels"`` (default; cross-entropy against the batch targets), ``"label_free"``
             (uniform target on real inputs) or ``"data_free"`` (uniform target on noise inputs shaped like a
             real batch, from a generator seeded with ``noise_seed``).
@@ -105,6 +125,10 @@ class PruneAtInitCallback(Callback):
         noise_batch_size: batch size of the noise inputs; default: that of the real batch (or of
             ``example_input_array`` when there is no train dataloader).
         on_layer_collapse: a layer left with no weight: ``"warn"`` (default), ``"error"`` or ``"ignore"``.
+        on_dead_units: an output unit left with no input weight (it outputs a constant): ``"ignore"``
+            (default; the count is still logged as ``prune/dead_units/<parameter>``), ``"warn"`` or ``"error"``.
+        save_density_profile: write the per-parameter density (kept, total, density, dead units) as
+            ``prune_density.json`` and ``.csv`` into ``trainer.log_dir`` on rank 0. Default True.
         init: re-initialize every conv and linear weight before scoring (biases zeroed), for layerwise dynamical
             isometry: ``"orthogonal"`` (block-orthogonal for convs, needs ``c_in <= c_out``),
             ``"delta-orthogonal"``, ``"vs-lecun"``, ``"vs-glorot"``, ``"vs-he"``; ``None`` (default) keeps the
@@ -134,6 +158,11 @@ class PruneAtInitCallback(Callback):
         sparsity: float = 0.9,
         *,
         scope: Literal["global", "layerwise"] = "global",
+        criterion: str = "snip",
+        criterion_options: Optional[dict[str, Any]] = None,
+        min_density: float = 0.0,
+        ablation: Optional[Literal["shuffle", "random", "reinit", "invert"]] = None,
+        seed: int = 0,
         supervision: Supervision = "labels",
         num_batches: int = 1,
         include: str | Sequence[str] | None = None,
@@ -144,6 +173,8 @@ class PruneAtInitCallback(Callback):
         noise_distribution: Literal["normal", "uniform"] = "normal",
         noise_batch_size: int | None = None,
         on_layer_collapse: Literal["warn", "error", "ignore"] = "warn",
+        on_dead_units: Literal["warn", "error", "ignore"] = "ignore",
+        save_density_profile: bool = True,
         init: Optional[InitScheme] = None,
         init_gain: float = 1.0,
         init_seed: Optional[int] = None,
@@ -157,6 +188,12 @@ class PruneAtInitCallback(Callback):
         _check_choice("supervision", supervision, ("labels", "label_free", "data_free"))
         _check_choice("noise_distribution", noise_distribution, ("normal", "uniform"))
         _check_choice("on_layer_collapse", on_layer_collapse, ("warn", "error", "ignore"))
+        _check_choice("on_dead_units", on_dead_units, ("warn", "error", "ignore"))
+        if ablation is not None:
+            _check_choice("ablation", ablation, ("shuffle", "random", "reinit", "invert"))
+        self._criterion_fn = get_criterion(criterion)
+        if criterion_options is not None and not isinstance(criterion_options, dict):
+            raise TypeError(f"`criterion_options` must be a dict, got {type(criterion_options).__name__}")
         _check_choice("on_missing_state", on_missing_state, ("from_weights", "error"))
         if init is not None:
             _check_choice("init", init, ("orthogonal", "delta-orthogonal", "vs-lecun", "vs-glorot", "vs-he"))
@@ -169,6 +206,13 @@ class PruneAtInitCallback(Callback):
         if noise_batch_size is not None and (not isinstance(noise_batch_size, int) or noise_batch_size < 1):
             raise ValueError(f"`noise_batch_size` must be None or an integer >= 1, got {noise_batch_size!r}")
         self.scope = scope
+        self.criterion = criterion
+        self.criterion_options = criterion_options
+        self.min_density = validate_min_density(min_density)
+        self.ablation = ablation
+        self.seed = seed
+        self.on_dead_units = on_dead_units
+        self.save_density_profile = save_density_profile
         self.supervision = supervision
         self.num_batches = num_batches
         self.include = include
@@ -186,6 +230,7 @@ class PruneAtInitCallback(Callback):
         self.on_missing_state = on_missing_state
         self.verbose = verbose
         self.isometry_report: IsometryReport | None = None
+        self.collapse: Collapse | None = None
         self._masks: dict[str, Tensor] | None = None  # on CPU; the source of truth for checkpoints
         self._restored = False
 
@@ -199,6 +244,11 @@ class PruneAtInitCallback(Callback):
         return {
             "sparsity": self.sparsity,
             "scope": self.scope,
+            "criterion": self.criterion,
+            "criterion_options": self.criterion_options,
+            "min_density": self.min_density,
+            "ablation": self.ablation,
+            "seed": self.seed,
             "supervision": self.supervision,
             "num_batches": self.num_batches,
             "include": self.include,
@@ -246,28 +296,46 @@ class PruneAtInitCallback(Callback):
             init_model_(pl_module, self.init, gain=self.init_gain, generator=generator)
             _broadcast_parameters(trainer, pl_module)
         notify_prune_stage(trainer, pl_module, "after_init")
-        batches = self._scoring_batches(trainer, pl_module)
+        fn = self._criterion_fn
+        batches = self._scoring_batches(trainer, pl_module) if criterion_needs_data(fn) else self._shape_only(trainer, pl_module)
         labels = "true" if self.supervision == "labels" else "uniform"
         reduce_fn = None
         if trainer.world_size > 1:
             def reduce_fn(t: Tensor) -> Tensor:
                 return trainer.strategy.reduce(t, reduce_op="sum")
 
-        scores = connection_sensitivity(
+        _, masks = criterion_masks(
             pl_module,
             batches,
+            criterion=fn,
+            sparsity=self.sparsity,
+            scope=self.scope,
+            min_density=self.min_density,
+            invert=self.ablation == "invert",
+            on_layer_collapse="ignore",
             labels=labels,
             loss_fn=self.loss_fn,
             include=self.include,
             exclude=self.exclude,
             prune_biases=self.prune_biases,
             reduce_fn=reduce_fn,
+            generator=torch.Generator().manual_seed(self.seed),
+            criterion_options=self.criterion_options,
         )
-        masks = select_masks(scores, self.sparsity, scope=self.scope, on_layer_collapse="ignore")
-        del scores
+        if self.ablation == "shuffle":
+            masks = shuffle_masks(masks, generator=self.seed)
+        elif self.ablation == "random":
+            masks = random_masks_like(masks, generator=self.seed)
         masks = self._same_on_all_ranks(trainer, masks)
-        check_collapse(masks, self.on_layer_collapse)  # on every rank alike, before anything changes
+        # the same checks on every rank, before anything changes
+        self.collapse = check_masks(masks, self.on_layer_collapse, self.on_dead_units)
         self._attach(trainer, pl_module, masks)
+        if self.ablation == "reinit":
+            # a stream apart from init_seed's: with equal seeds the re-draw would repeat the initialization
+            reseed = self.seed + _REINIT_SEED_OFFSET
+            reinitialize_kept_(pl_module, masks, scheme=self.init or "pytorch-default", generator=reseed)
+            _broadcast_parameters(trainer, pl_module)
+        self._save_density_profile(trainer)
         notify_prune_stage(trainer, pl_module, "after_pruning")
         if self.verbose:
             rank_zero_info(f"PruneAtInitCallback: pruned to {self._summary()}\n{sparsity_report(self._masks)}")
@@ -312,6 +380,13 @@ class PruneAtInitCallback(Callback):
         return noise_batches(
             like, self.num_batches, seed=self.noise_seed, distribution=self.noise_distribution
         )
+
+    def _shape_only(self, trainer: Trainer, pl_module: LightningModule) -> list[Tensor] | None:
+        """For data-free criteria: one input tensor of the real shape if one can be had (SynFlow reads it)."""
+        try:
+            return [self._noise_template(trainer, pl_module)]
+        except ValueError:
+            return None
 
     def _noise_template(self, trainer: Trainer, pl_module: LightningModule) -> Tensor:
         from lightning_prune_init.callbacks._batches import fetch_batches
@@ -360,10 +435,40 @@ class PruneAtInitCallback(Callback):
         report = sparsity_report(self._masks or {})
         return f"density {report.density:.2%}, {report.kept:,} of {report.total:,} prunable weights kept"
 
+    def _profile(self) -> dict[str, dict[str, Any]]:
+        report = sparsity_report(self._masks or {})
+        dead = (self.collapse.dead_units if self.collapse is not None else {})
+        return {
+            name: {"kept": x.kept, "total": x.total, "density": x.density, "dead_units": dead.get(name, 0)}
+            for name, x in report.layers.items()
+        }
+
+    def _save_density_profile(self, trainer: Trainer) -> None:
+        if not self.save_density_profile:
+            return
+        log_dir = trainer.log_dir  # a collective call (it broadcasts): every rank must make it
+        if log_dir is None or not trainer.is_global_zero:
+            return
+        import csv
+        import json
+        import os
+
+        profile = self._profile()
+        os.makedirs(log_dir, exist_ok=True)
+        with open(os.path.join(log_dir, "prune_density.json"), "w") as f:
+            json.dump({"config": self._config(), "layers": profile}, f, indent=2)
+        with open(os.path.join(log_dir, "prune_density.csv"), "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["parameter", "kept", "total", "density", "dead_units"])
+            for name, row in profile.items():
+                writer.writerow([name, row["kept"], row["total"], f"{row['density']:.6f}", row["dead_units"]])
+
     @rank_zero_only
     def _log(self, trainer: Trainer, metrics: dict[str, float] | None = None) -> None:
         if metrics is None:
             metrics = sparsity_report(self._masks or {}).metrics("prune")
+            if self.collapse is not None:
+                metrics.update({f"prune/dead_units/{n}": float(k) for n, k in self.collapse.dead_units.items()})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
 
@@ -375,6 +480,7 @@ class PruneAtInitCallback(Callback):
             "masks": pack_masks(self._masks),
             "config": self._config(),
             "report": sparsity_report(self._masks).to_dict(),
+            "density_profile": self._profile(),
             "isometry_report": None if self.isometry_report is None else self.isometry_report.to_dict(),
         }
 
