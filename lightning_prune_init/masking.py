@@ -12,6 +12,11 @@ How a mask is enforced (DESIGN.md, "Masks"):
   a step post-hook on each optimizer handed to :func:`apply_masks` (the callback hands the Trainer's).
   Both only act when the parameter's version counter moved since the last enforcement, so a model that
   runs two forward passes before one backward never has a saved tensor modified under autograd.
+* Elementwise optimizers (``torch.optim`` SGD, Adam, AdamW, Adamax, NAdam, RAdam, RMSprop, Adagrad,
+  Adadelta, exactly these classes) give an entry whose gradient, state and weight are 0 an update of exactly
+  0. After their step, a parameter that nobody else changed since its last enforcement (checked by a step
+  pre-hook on the version counter) is known to be clean: its new version is recorded, no pass over the
+  weights is needed. Any other optimizer (Shampoo-like preconditioners mix entries) gets the full re-zeroing.
 
 State lives in a small object stored on the module the masks were applied to (not a submodule, not a
 buffer): it survives ``copy.deepcopy`` and pickling; a copy registers its gradient hooks again at its first forward.
@@ -43,6 +48,7 @@ class _MaskState:
         self._grad_hooks: dict[str, Any] = {}
         self._hooked_params: dict[str, nn.Parameter] = {}
         self._optimizer_hooks: list[Any] = []
+        self._clean_before_step: set[str] = set()
 
     # --- enforcement -------------------------------------------------------------------------------
     def param(self, name: str) -> nn.Parameter:
@@ -88,8 +94,26 @@ class _MaskState:
         self._optimizer_hooks.clear()
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        self._optimizer_hooks.append(optimizer.register_step_post_hook(functools.partial(_after_step, self)))
+        ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        names = tuple(n for n in self.pruned if id(self.param(n)) in ids)
+        trusted = type(optimizer) in _ELEMENTWISE_OPTIMIZERS
+        self._optimizer_hooks.append(optimizer.register_step_pre_hook(functools.partial(_before_step, self, names)))
+        self._optimizer_hooks.append(
+            optimizer.register_step_post_hook(functools.partial(_after_step, self, names, trusted))
+        )
         zero_optimizer_state_(optimizer, self)
+
+    def after_step(self, names: tuple[str, ...], trusted: bool) -> None:
+        """Re-zero after an optimizer step; trust an elementwise optimizer's step on parameters clean before it."""
+        if not trusted:
+            self.enforce_()
+            return
+        for name in names:
+            if name in self._clean_before_step:
+                self.versions[name] = self.param(name)._version
+            else:
+                self.enforce_((name,))
+        self.enforce_(n for n in self.pruned if n not in names)
 
     # --- copy / pickle: hook handles do not travel, the hooks are registered again --------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -97,6 +121,7 @@ class _MaskState:
         state["_grad_hooks"] = {}
         state["_hooked_params"] = {}
         state["_optimizer_hooks"] = []
+        state["_clean_before_step"] = set()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -114,8 +139,25 @@ def _enforce_before_forward(state: _MaskState, names: tuple[str, ...], module: n
     state.enforce_(names)
 
 
-def _after_step(state: _MaskState, optimizer: Any, args: Any, kwargs: Any) -> None:
-    state.enforce_()
+def _before_step(state: _MaskState, names: tuple[str, ...], optimizer: Any, args: Any, kwargs: Any) -> None:
+    state._clean_before_step = {n for n in names if state.param(n)._version == state.versions.get(n)}
+
+
+def _after_step(state: _MaskState, names: tuple[str, ...], trusted: bool, optimizer: Any, args: Any, kwargs: Any) -> None:
+    state.after_step(names, trusted)
+
+
+_ELEMENTWISE_OPTIMIZERS = (
+    torch.optim.SGD,
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.Adamax,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+    torch.optim.RMSprop,
+    torch.optim.Adagrad,
+    torch.optim.Adadelta,
+)
 
 
 @torch.no_grad()

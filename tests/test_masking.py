@@ -170,3 +170,40 @@ def test_apply_masks_rejects_bad_masks_and_leaves_model_unchanged():
             apply_masks(net, bad)
         assert get_masks(net) == {}
         assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+class _MixingOptimizer(torch.optim.SGD):
+    """Not elementwise: its update adds the mean of the gradient to every entry (like a preconditioner mixing entries)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        super().step(closure)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad.abs().mean() + 1e-3)
+
+
+def test_non_elementwise_optimizer_gets_full_rezeroing_after_each_step():
+    net, masks, (x, y) = _pruned()
+    optimizer = _MixingOptimizer(net.parameters(), lr=0.1)
+    apply_masks(net, masks, optimizers=[optimizer])
+    for _ in range(3):
+        optimizer.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        optimizer.step()
+        state = net.state_dict()  # right after the step, no forward in between
+        assert all(torch.count_nonzero(state[n][~m]) == 0 for n, m in masks.items())
+
+
+def test_weights_changed_between_forward_and_step_are_rezeroed_after_the_step():
+    net, masks, (x, y) = _pruned()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)  # elementwise: its step is trusted
+    apply_masks(net, masks, optimizers=[optimizer])
+    optimizer.zero_grad()
+    F.cross_entropy(net(x), y).backward()
+    with torch.no_grad():
+        net[3].weight.add_(0.5)  # after the forward, before the step: not the optimizer's doing
+    optimizer.step()
+    state = net.state_dict()
+    assert all(torch.count_nonzero(state[n][~m]) == 0 for n, m in masks.items())
