@@ -9,6 +9,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_prune_init.callbacks.prune_at_init import PruneAtInitCallback
+from lightning_prune_init.callbacks.signal_propagation import SignalPropagationMonitor
 from lightning_prune_init.masking import get_masks, sparsity_report
 
 
@@ -42,9 +43,7 @@ def fit_summary(trainer: Trainer, pl_module: LightningModule, test_metrics: Mapp
         sections.append("Pruned at initialization\n" + _table(headers, rows))
     else:
         sections.append("No masks attached: the model was not pruned.")
-    monitor_summary = next(
-        (cb.summary() for cb in trainer.callbacks if callable(getattr(cb, "summary", None)) and cb is not pruner), None
-    )
+    monitor_summary = next((cb.summary() for cb in trainer.callbacks if isinstance(cb, SignalPropagationMonitor)), None)
     if monitor_summary:
         sections.append(monitor_summary)
     if test_metrics:
