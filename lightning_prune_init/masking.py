@@ -250,7 +250,7 @@ def apply_masks(
     touched: dict[str, nn.Module] = {}
     for name, p in selected.items():
         module_name, module, attr = _owner(model, name)
-        state.pruned[name] = (~masks[name]).to(device=p.device, copy=True)
+        state.pruned[name] = ~masks[name].to(device=p.device)  # `~` makes the copy: one new bool tensor
         state.owners[name] = (module, attr)
         state.module_names[name] = module_name
         state.versions.pop(name, None)
@@ -440,4 +440,4 @@ class SparsityReport:
 def sparsity_report(masks_or_model: Mapping[str, Tensor] | nn.Module) -> SparsityReport:
     """Density per masked parameter and overall, from a mask dict or from the masks attached to a model."""
     masks = get_masks(masks_or_model) if isinstance(masks_or_model, nn.Module) else masks_or_model
-    return SparsityReport({n: LayerDensity(n, int(m.sum()), m.numel()) for n, m in masks.items()})
+    return SparsityReport({n: LayerDensity(n, int(torch.count_nonzero(m)), m.numel()) for n, m in masks.items()})

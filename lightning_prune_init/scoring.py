@@ -14,6 +14,7 @@ streams are forked and restored.
 from __future__ import annotations
 
 import importlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_prune_init.parameters import prunable_parameters
+from lightning_prune_init.selection import all_finite, sum_float64
 
 Labels = Literal["true", "uniform"]
 LossFn = Callable[[nn.Module, Any], Tensor]
@@ -139,6 +141,36 @@ def noise_batches(
     return [draw(like.shape, generator=generator, device=like.device, dtype=dtype) for _ in range(num_batches)]
 
 
+def _accumulate_(sums: list[Tensor | None], grads: Sequence[Tensor | None], tensors: Sequence[Tensor]) -> None:
+    """``sums[i] += grads[i] · tensors[i]`` in float32, in place; a ``None`` sum takes over its gradient's storage.
+
+    A gradient is reused (multiplied by the weight in place) only if it is float32, contiguous, of the
+    parameter's shape, owns its whole storage and shares it with no other gradient of ``grads`` (autograd may
+    hand the same tensor to both inputs of an addition); otherwise a new float32 tensor is made. Half-precision
+    gradients and weights are promoted to float32 before the product, so ``g · w`` is exact up to one float32
+    rounding. Later batches add their products (one rounding per product, then the sum), as before.
+    """
+    storages = Counter(g.untyped_storage().data_ptr() for g in grads if g is not None)
+    for i, (g, p) in enumerate(zip(grads, tensors)):
+        if g is None:
+            continue
+        w = p.detach()
+        if sums[i] is None:
+            reusable = (
+                g.dtype == torch.float32
+                and g.is_contiguous()
+                and g.shape == p.shape
+                and storages[g.untyped_storage().data_ptr()] == 1  # no other gradient shares this memory
+                and g.untyped_storage().nbytes() == g.numel() * g.element_size()
+            )
+            if reusable:
+                sums[i] = g.mul_(w if w.dtype == torch.float32 else w.float())
+            else:
+                sums[i] = g.float() * w.float()
+        else:
+            sums[i].add_(g.float() * w.float())  # type: ignore[union-attr]
+
+
 def connection_sensitivity(
     model: nn.Module,
     batches: Iterable[Any] | Tensor,
@@ -182,7 +214,11 @@ def connection_sensitivity(
     tensors = [params[n] for n in names]
     if isinstance(batches, Tensor):
         batches = [batches]
-    sums = [torch.zeros(p.shape, dtype=torch.float32, device=p.device) for p in tensors]
+    # The signed sums start as `None` and take over the first batch's gradient tensors where these can be
+    # overwritten (float32, own contiguous storage of the parameter's shape): g·w is then formed in place, so
+    # with one scoring batch the scores live in the memory autograd allocated for the gradients and scoring
+    # peaks at about one float32 tensor per weight (plus the model), like one forward+backward.
+    sums: list[Tensor | None] = [None] * len(tensors)
     devices = [p.device for p in tensors]
     n_batches = 0
     with scoring_mode(model, devices):
@@ -197,20 +233,22 @@ def connection_sensitivity(
                         "Check the inputs and the initialization"
                     )
                 grads = torch.autograd.grad(loss.reshape(()), tensors, allow_unused=True)
-            for acc, g, p in zip(sums, grads, tensors):
-                if g is not None:
-                    acc.add_(g.float() * p.detach().float())
+            _accumulate_(sums, grads, tensors)
+            del grads
             n_batches += 1
     if n_batches == 0:
         raise ValueError("`batches` is empty: connection sensitivity needs at least one scoring batch")
+    sums = [
+        torch.zeros(p.shape, dtype=torch.float32, device=p.device) if s is None else s for s, p in zip(sums, tensors)
+    ]
     if reduce_fn is not None:
         sums = [reduce_fn(s) for s in sums]
     scores = {n: s.abs_() for n, s in zip(names, sums)}
-    bad = [n for n, s in scores.items() if not bool(torch.isfinite(s).all())]
+    bad = [n for n, s in scores.items() if not all_finite(s)]
     if bad:
         raise ValueError(f"non-finite connection sensitivity for {', '.join(bad)}: check the loss and the inputs")
     if normalize:
-        total = sum(float(s.double().sum()) for s in scores.values())
+        total = sum(sum_float64(s) for s in scores.values())
         if total == 0.0:
             raise ValueError(
                 "all connection-sensitivity scores are zero: the loss does not depend on the selected "

@@ -8,8 +8,8 @@ give the same masks, on any device and any rank.
 
 The κ-th largest score is found by radix selection on the bit pattern of the (non-negative) float scores,
 which orders exactly like the values: 16 bits at a time, 2 counting passes over the scores for float32 (4 for
-float64), tensor by tensor, with no concatenated copy of all scores (peak extra memory: about two integer
-copies of the largest score tensor).
+float64), tensor by tensor and in chunks of 1M entries, with no concatenated copy and no converted copy of
+float32/float64 scores (peak extra memory: the bool masks plus a few tens of MB of counting temporaries).
 
 Options of :func:`select_masks`:
 
@@ -74,6 +74,7 @@ def _as_bits(t: Tensor) -> Tensor:
 
 
 _DIGIT_BITS = 16  # radix of the selection: 2 passes over the scores for float32 keys, 4 for float64
+_CHUNK = 1 << 20  # entries per counting step: the passes' temporaries stay under ~30 MB for any tensor size
 
 
 def _kth_largest_key(keys: Sequence[Tensor], k: int) -> int:
@@ -87,17 +88,35 @@ def _kth_largest_key(keys: Sequence[Tensor], k: int) -> int:
     for shift in range(width - _DIGIT_BITS, -1, -_DIGIT_BITS):
         counts = torch.zeros(1 << _DIGIT_BITS, dtype=torch.int64, device=keys[0].device)
         for t in keys:
-            candidate = t >= 0
-            if shift + _DIGIT_BITS < width:  # same higher digits as the prefix found so far
-                candidate &= (t >> (shift + _DIGIT_BITS)) == (prefix >> (shift + _DIGIT_BITS))
-            digits = (t[candidate] >> shift) & ((1 << _DIGIT_BITS) - 1)
-            counts += torch.bincount(digits, minlength=1 << _DIGIT_BITS)
+            for chunk in t.reshape(-1).split(_CHUNK):  # bounded temporaries, whatever the tensor's size
+                candidate = chunk >= 0
+                if shift + _DIGIT_BITS < width:  # same higher digits as the prefix found so far
+                    candidate &= (chunk >> (shift + _DIGIT_BITS)) == (prefix >> (shift + _DIGIT_BITS))
+                digits = (chunk[candidate] >> shift) & ((1 << _DIGIT_BITS) - 1)
+                counts += torch.bincount(digits, minlength=1 << _DIGIT_BITS)
         from_top = counts.flip(0).cumsum(0)
         index = int((from_top < remaining).sum())  # first position, from the top, reaching `remaining`
         digit = (1 << _DIGIT_BITS) - 1 - index
         remaining -= int(from_top[index]) - int(counts[digit])
         prefix |= digit << shift
     return prefix
+
+
+def all_finite(t: Tensor) -> bool:
+    """Whether every entry of ``t`` is finite, checked in chunks of ``_CHUNK`` entries.
+
+    ``torch.isfinite`` on a whole float tensor allocates a temporary of the tensor's size and dtype (its
+    absolute value) besides the bool results; by chunks the temporaries stay bounded.
+    """
+    return all(bool(torch.isfinite(chunk).all()) for chunk in t.reshape(-1).split(_CHUNK))
+
+
+def sum_float64(t: Tensor) -> float:
+    """The sum of all entries of ``t``, accumulated in float64 by chunks of ``_CHUNK`` entries.
+
+    ``t.double().sum()`` and ``t.sum(dtype=torch.float64)`` both make a float64 copy of the whole tensor.
+    """
+    return sum(float(chunk.sum(dtype=torch.float64)) for chunk in t.reshape(-1).split(_CHUNK))
 
 
 def kth_largest(tensors: Sequence[Tensor], k: int) -> Tensor:
@@ -119,12 +138,12 @@ def _top_k_keys(keys: Mapping[str, Tensor], k: int) -> dict[str, Tensor]:
         return {name: torch.zeros_like(t, dtype=torch.bool) for name, t in keys.items()}
     threshold = _kth_largest_key(list(keys.values()), k)
     masks = {name: t > threshold for name, t in keys.items()}
-    remaining = k - sum(int(m.sum()) for m in masks.values())
+    remaining = k - sum(int(torch.count_nonzero(m)) for m in masks.values())  # bool .sum() makes an int64 copy
     for name, t in keys.items():  # fill with threshold ties, earliest first
         if remaining == 0:
             break
         equal = (t == threshold).reshape(-1)
-        n_equal = int(equal.sum())
+        n_equal = int(torch.count_nonzero(equal))
         if n_equal == 0:
             continue
         if n_equal <= remaining:
@@ -153,14 +172,17 @@ def _check_scores(scores: Mapping[str, Tensor]) -> dict[str, Tensor]:
             s = s.float()
         if s.dtype not in _INT_VIEW:
             s = s.float()  # half and bfloat16 scores are compared in float32
-        if not bool(torch.isfinite(s).all()):
+        s = s.contiguous()  # no copy when already contiguous: the caller's scores are read, never written
+        if not all_finite(s):
             raise ValueError(
                 f"score {name!r} has non-finite values (NaN or inf): check the loss and the initialization; "
                 "masks cannot be chosen from them"
             )
         if bool((s < 0).any()):
             raise ValueError(f"score {name!r} has negative values; scores must be >= 0 (take the absolute value)")
-        checked[name] = (s + 0.0).contiguous()  # +0.0 turns -0.0 into +0.0, which has the smallest bit pattern
+        if bool(torch.signbit(s).any()):  # only -0.0 here (finite, >= 0): +0.0 has the smallest bit pattern
+            s = s + 0.0
+        checked[name] = s
     dtypes = {s.dtype for s in checked.values()}
     if len(dtypes) > 1:
         checked = {n: s.double() for n, s in checked.items()}

@@ -373,7 +373,8 @@ class PruneAtInitCallback(Callback):
         from lightning_prune_init.callbacks._batches import fetch_batches
 
         if self.supervision != "data_free":
-            return fetch_batches(trainer, pl_module, self.num_batches)
+            # as the training step receives them: e.g. floating inputs cast to bfloat16 under "bf16-true"
+            return [trainer.precision_plugin.convert_input(b) for b in fetch_batches(trainer, pl_module, self.num_batches)]
         like = self._noise_template(trainer, pl_module)
         if self.noise_batch_size is not None:
             like = like.new_empty((self.noise_batch_size, *like.shape[1:]))
@@ -401,7 +402,7 @@ class PruneAtInitCallback(Callback):
                 "data-free scoring needs the input shape: give a train dataloader whose batches are a tensor or "
                 "(inputs, ...), or set `example_input_array` on the LightningModule"
             )
-        return inputs.to(pl_module.device)
+        return trainer.precision_plugin.convert_input(inputs.to(pl_module.device))
 
     def _resume_without_state(self, trainer: Trainer, pl_module: LightningModule) -> None:
         message = (
