@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test docs venv clean
+.PHONY: demo test docs results venv clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,3 +25,9 @@ clean:
 docs: $(STAMP)
 	$(PY) -m pdoc lightning_prune_init --docformat google -o docs/_build/api
 	@echo "API reference: docs/_build/api/index.html; user guide: docs/guide.md"
+
+results: $(STAMP)
+	for study in init_study signal_propagation trainability supervision sculpting; do \
+		$(PY) -m experiments.$$study --quick || exit 1; \
+	done
+	@echo "tables and figures: docs/results/; write-up: docs/results.md"

@@ -47,8 +47,9 @@ class Dump(pl.Callback):
 DESYNC = "desync_rng" in sys.argv
 
 
-def _trainer(callbacks, max_steps=5):
+def _trainer(callbacks, root, max_steps=5):
     return pl.Trainer(
+        default_root_dir=root,  # the density profile and any logs go there, not into the working directory
         accelerator="cpu",
         devices=2,
         strategy="ddp",
@@ -72,7 +73,7 @@ def run_criteria(out: str) -> None:
         pruner = PruneAtInitCallback(0.9, criterion=name, criterion_options=options, verbose=False)
         dump = Dump(os.path.join(out, name), "after")
         os.makedirs(dump.out, exist_ok=True)
-        _trainer([pruner, dump], max_steps=2).fit(model)
+        _trainer([pruner, dump], dump.out, max_steps=2).fit(model)
 
 
 def main() -> None:
@@ -83,7 +84,7 @@ def main() -> None:
     extra = json.loads(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2].startswith("{") else {}
     pl.seed_everything(0)
     model = Classifier(n=128, batch_size=16)
-    _trainer([Dump(out, "before"), PruneAtInitCallback(0.9, **extra), Dump(out, "after")]).fit(model)
+    _trainer([Dump(out, "before"), PruneAtInitCallback(0.9, **extra), Dump(out, "after")], out).fit(model)
 
 
 if __name__ == "__main__":
