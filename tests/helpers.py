@@ -102,3 +102,19 @@ def trainer_kwargs(tmp_path, **overrides) -> dict:
 def dict_batch_loss(model: nn.Module, batch: dict) -> torch.Tensor:
     """A custom scoring loss for dict batches (used by name, as YAML would: ``helpers.dict_batch_loss``)."""
     return model(batch["image"]).logsumexp(dim=1).mean()
+
+
+def reference_keep(scores: dict, k: int, eligible: dict | None = None, lowest: bool = False) -> dict:
+    """Reference selection by sorting: keep the ``k`` highest (``lowest``: lowest) scores among eligible entries,
+    ties broken by (mapping order, flat index), earlier kept. Slow and obviously right; for small tests only."""
+    flat = torch.cat([s.reshape(-1).double() for s in scores.values()])
+    ok = torch.cat([e.reshape(-1) for e in eligible.values()]) if eligible else torch.ones(flat.numel(), dtype=torch.bool)
+    sign = 1.0 if lowest else -1.0
+    order = sorted((i for i in range(flat.numel()) if ok[i]), key=lambda i: (sign * float(flat[i]), i))
+    keep = torch.zeros(flat.numel(), dtype=torch.bool)
+    keep[order[:k]] = True
+    out, start = {}, 0
+    for name, s in scores.items():
+        out[name] = keep[start : start + s.numel()].view_as(s)
+        start += s.numel()
+    return out

@@ -19,7 +19,7 @@ from lightning_prune_init.scoring import (
 )
 from lightning_prune_init.selection import find_collapse, keep_count, select_masks
 
-from helpers import Classifier, conv_bn_net
+from helpers import Classifier, conv_bn_net, reference_keep
 
 
 @pytest.fixture(autouse=True)
@@ -44,20 +44,6 @@ def _tanh_mlp():
 
 def _weights(net):
     return {n: p for n, p in net.named_parameters() if p.dim() > 1}
-
-
-def _reference_keep(scores: dict, alive: dict, k: int) -> dict:
-    """Keep the k highest scores among alive entries; ties by (mapping order, flat index), earlier kept."""
-    flat = torch.cat([s.reshape(-1).double() for s in scores.values()])
-    ok = torch.cat([a.reshape(-1) for a in alive.values()])
-    order = sorted((i for i in range(flat.numel()) if ok[i]), key=lambda i: (-float(flat[i]), i))
-    keep = torch.zeros(flat.numel(), dtype=torch.bool)
-    keep[order[:k]] = True
-    out, start = {}, 0
-    for name, s in scores.items():
-        out[name] = keep[start : start + s.numel()].view_as(s)
-        start += s.numel()
-    return out
 
 
 # --- registry --------------------------------------------------------------------------------------------
@@ -247,7 +233,7 @@ def test_synflow_rounds_follow_the_exponential_schedule_and_scores_reproduce_the
     for k in range(1, rounds + 1):
         round_sparsity = sparsity if k == rounds else 1 - (1 - sparsity) ** (k / rounds)
         hand = dict(zip(names, _synflow_hand(weights, alive)))
-        keep = _reference_keep(hand, dict(zip(names, alive)), keep_count(total, round_sparsity))
+        keep = reference_keep(hand, eligible=dict(zip(names, alive)), k=keep_count(total, round_sparsity))
         alive = [keep[n] for n in names]
     scores = get_criterion("synflow")(net, sparsity=sparsity, rounds=rounds, input_shape=(3,))
     masks = select_masks(scores, sparsity, on_layer_collapse="ignore")
@@ -348,7 +334,7 @@ def test_iterative_snip_equals_rounds_by_hand_and_restores_the_weights():
     for k in range(1, rounds + 1):
         round_sparsity = sparsity if k == rounds else 1 - (1 - sparsity) ** (k / rounds)
         raw = connection_sensitivity(ref, batches, normalize=False)
-        alive = _reference_keep(raw, alive, keep_count(total, round_sparsity))
+        alive = reference_keep(raw, eligible=alive, k=keep_count(total, round_sparsity))
         history.append(alive)
         with torch.no_grad():
             for n in names:

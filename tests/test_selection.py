@@ -11,18 +11,7 @@ from lightning_prune_init.selection import (
     select_masks,
 )
 
-
-def _reference_global(scores: dict, k: int) -> dict:
-    """Sort by (score descending, position in the concatenation ascending) and keep the first k."""
-    flat = torch.cat([s.reshape(-1).double() for s in scores.values()])
-    order = sorted(range(flat.numel()), key=lambda i: (-float(flat[i]), i))
-    keep = torch.zeros(flat.numel(), dtype=torch.bool)
-    keep[order[:k]] = True
-    out, start = {}, 0
-    for name, s in scores.items():
-        out[name] = keep[start : start + s.numel()].view_as(s)
-        start += s.numel()
-    return out
+from helpers import reference_keep
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.99, 0.37])
@@ -37,7 +26,7 @@ def test_global_masks_match_sorted_reference_with_many_ties(sparsity):
     total = sum(s.numel() for s in scores.values())
     masks = select_masks(scores, sparsity, on_layer_collapse="ignore")
     assert sum(int(m.sum()) for m in masks.values()) == keep_count(total, sparsity)
-    expected = _reference_global(scores, keep_count(total, sparsity))
+    expected = reference_keep(scores, keep_count(total, sparsity))
     for name in scores:
         assert torch.equal(masks[name], expected[name]), name
 

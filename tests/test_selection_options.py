@@ -16,20 +16,7 @@ from lightning_prune_init.selection import (
     select_masks,
 )
 
-
-def _ordered_keep(scores: dict, k: int, eligible: dict | None = None, lowest: bool = False) -> dict:
-    """Sort eligible entries by (score descending, or ascending if `lowest`; then concatenation index) and keep k."""
-    flat = torch.cat([s.reshape(-1).double() for s in scores.values()])
-    ok = torch.cat([e.reshape(-1) for e in eligible.values()]) if eligible else torch.ones(flat.numel(), dtype=torch.bool)
-    sign = 1.0 if lowest else -1.0
-    order = sorted((i for i in range(flat.numel()) if ok[i]), key=lambda i: (sign * float(flat[i]), i))
-    keep = torch.zeros(flat.numel(), dtype=torch.bool)
-    keep[order[:k]] = True
-    out, start = {}, 0
-    for name, s in scores.items():
-        out[name] = keep[start : start + s.numel()].view_as(s)
-        start += s.numel()
-    return out
+from helpers import reference_keep
 
 
 def _tied_scores(seed=0):
@@ -50,8 +37,8 @@ def test_min_density_floors_then_the_best_of_the_rest_with_an_exact_total(min_de
     masks = select_masks(scores, sparsity, min_density=min_density, on_layer_collapse="ignore")
     # hand: each tensor's floor from its own top entries, then the k - Σ floors best of everything else
     floors = {n: math.ceil(round(min_density * s.numel(), 9)) for n, s in scores.items()}
-    forced = {n: _ordered_keep({n: s}, floors[n])[n] for n, s in scores.items()}
-    rest = _ordered_keep(scores, k - sum(floors.values()), eligible={n: ~f for n, f in forced.items()})
+    forced = {n: reference_keep({n: s}, floors[n])[n] for n, s in scores.items()}
+    rest = reference_keep(scores, k - sum(floors.values()), eligible={n: ~f for n, f in forced.items()})
     for n in scores:
         assert torch.equal(masks[n], forced[n] | rest[n]), n
         assert int(masks[n].sum()) >= floors[n]
@@ -72,7 +59,7 @@ def test_min_density_layerwise_and_limits():
     scores = {"a": torch.rand(10, 10), "b": torch.rand(7)}
     masks = select_masks(scores, 0.9, scope="layerwise", min_density=0.3, on_layer_collapse="ignore")
     assert int(masks["a"].sum()) == 30 and int(masks["b"].sum()) == 3  # max(round(n · 0.1), ceil(0.3 · n))
-    assert torch.equal(masks["a"].reshape(-1), _ordered_keep({"a": scores["a"]}, 30)["a"].reshape(-1))
+    assert torch.equal(masks["a"].reshape(-1), reference_keep({"a": scores["a"]}, 30)["a"].reshape(-1))
     with pytest.raises(ValueError, match="`min_density`=0.3 asks for 33 kept entries in all, more than the 11"):
         select_masks(scores, 0.9, min_density=0.3)
     with pytest.raises(ValueError, match=r"`min_density` must be in \[0, 1\]"):
@@ -90,9 +77,9 @@ def test_invert_keeps_the_lowest_scores_with_the_same_tie_break(scope):
     masks = select_masks(scores, sparsity, scope=scope, invert=True, on_layer_collapse="ignore")
     if scope == "global":
         total = sum(s.numel() for s in scores.values())
-        expected = _ordered_keep(scores, keep_count(total, sparsity), lowest=True)
+        expected = reference_keep(scores, keep_count(total, sparsity), lowest=True)
     else:
-        expected = {n: _ordered_keep({n: s}, keep_count(s.numel(), sparsity), lowest=True)[n] for n, s in scores.items()}
+        expected = {n: reference_keep({n: s}, keep_count(s.numel(), sparsity), lowest=True)[n] for n, s in scores.items()}
     for n in scores:
         assert torch.equal(masks[n], expected[n]), n
 

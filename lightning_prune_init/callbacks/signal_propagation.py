@@ -53,6 +53,7 @@ from torch import Tensor
 
 from lightning_prune_init.callbacks._batches import fetch_batches, preserve_random_state
 from lightning_prune_init.parameters import layer_name, prunable_parameters
+from lightning_prune_init.scoring import resolve_callable
 from lightning_prune_init.spectrum import END_TO_END, METHODS, SCOPES, SpectrumStats, jacobian_singular_values
 
 __all__ = ["SignalPropagationMonitor", "STAGES"]
@@ -65,14 +66,6 @@ _SHARDING_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrat
 
 def _default_forward(module: torch.nn.Module, x: Tensor) -> Tensor:
     return module(x)
-
-
-def _resolve(value: str | Callable | None, argument: str) -> Callable | None:
-    if value is None or callable(value):
-        return value
-    from lightning_prune_init.scoring import resolve_callable
-
-    return resolve_callable(value, argument)
 
 
 class SignalPropagationMonitor(Callback):
@@ -148,7 +141,7 @@ class SignalPropagationMonitor(Callback):
         self.method = method
         self.probe = probe
         self.input_key = input_key
-        self.forward_fn: Callable = _resolve(forward_fn, "forward_fn") or _default_forward
+        self.forward_fn: Callable = resolve_callable(forward_fn, "forward_fn") or _default_forward
         self.include = include
         self.exclude = exclude
         self.histograms = histograms
