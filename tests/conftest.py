@@ -1,5 +1,4 @@
 import os
-import sys
 
 # One intra-op thread per test process (DDP workers inherit it through the environment): the tests run
 # thousands of tiny ops, which on 2 cores are faster, and far steadier, without thread handoffs.
@@ -8,5 +7,3 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
-
-sys.path.insert(0, os.path.dirname(__file__))  # `helpers` importable by tests and by import path

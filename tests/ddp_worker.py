@@ -7,14 +7,14 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root: `tests` importable
 
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 
-from helpers import Classifier  # noqa: E402
+from tests.helpers import Classifier  # noqa: E402
 from lightning_prune_init import PruneAtInitCallback, get_masks  # noqa: E402
-from lightning_prune_init.callbacks._batches import fetch_batches  # noqa: E402
+from lightning_prune_init.callbacks.batches import fetch_batches  # noqa: E402
 
 
 class Dump(pl.Callback):

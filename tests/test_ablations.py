@@ -9,7 +9,7 @@ from lightning_prune_init import apply_masks, connection_sensitivity, get_masks,
 from lightning_prune_init.ablations import random_masks_like, reinitialize_kept_, shuffle_masks
 from lightning_prune_init.init import orthogonal_, variance_scaling_
 
-from helpers import conv_bn_net
+from tests.helpers import conv_bn_net
 
 
 def _net_and_masks(sparsity=0.8):

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning_prune_init import LayerCollapseError, PruneAtInitCallback, get_masks
 from lightning_prune_init.scoring import ScoringInputError
 
-from helpers import Classifier, conv_bn_net, lenet300, trainer_kwargs
+from tests.helpers import Classifier, conv_bn_net, lenet300, trainer_kwargs
 
 
 class Recorder(pl.Callback):

@@ -144,11 +144,11 @@ def test_every_criterion_from_yaml_and_command_line(criterion, tmp_path):
 
 
 def test_loss_fn_by_import_path_from_the_command_line(tmp_path):
-    from helpers import dict_batch_loss
+    from tests.helpers import dict_batch_loss
 
     cli = _cli([
         "--model=ImageClassifier", "--data=DigitsDataModule", "--trainer.logger=false",
-        "--trainer.callbacks+=PruneAtInitCallback", "--trainer.callbacks.loss_fn=helpers.dict_batch_loss",
+        "--trainer.callbacks+=PruneAtInitCallback", "--trainer.callbacks.loss_fn=tests.helpers.dict_batch_loss",
     ])
     pruner = next(cb for cb in cli.trainer.callbacks if isinstance(cb, PruneAtInitCallback))
     assert pruner.loss_fn is dict_batch_loss

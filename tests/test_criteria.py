@@ -19,7 +19,7 @@ from lightning_prune_init.scoring import (
 )
 from lightning_prune_init.selection import find_collapse, keep_count, select_masks
 
-from helpers import Classifier, conv_bn_net, reference_keep
+from tests.helpers import Classifier, conv_bn_net, reference_keep
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ import torch
 
 from lightning_prune_init import connection_sensitivity, select_masks
 
-from helpers import Classifier
+from tests.helpers import Classifier
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]
 

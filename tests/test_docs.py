@@ -22,7 +22,7 @@ from lightning_prune_init import (
     select_masks,
 )
 
-from helpers import Classifier, lenet300, trainer_kwargs
+from tests.helpers import Classifier, lenet300, trainer_kwargs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUIDE = os.path.join(ROOT, "docs", "guide.md")

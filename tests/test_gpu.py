@@ -19,7 +19,7 @@ from lightning_prune_init import (
     select_masks,
 )
 
-from helpers import Classifier, lenet300, trainer_kwargs
+from tests.helpers import Classifier, lenet300, trainer_kwargs
 
 pytestmark = [
     pytest.mark.gpu,

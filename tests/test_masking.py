@@ -21,7 +21,7 @@ from lightning_prune_init import (
     unpack_masks,
 )
 
-from helpers import conv_bn_net, lenet300
+from tests.helpers import conv_bn_net, lenet300
 
 
 def _pruned(make_net=lenet300, shape=(1, 28, 28), sparsity=0.9, seed=0):

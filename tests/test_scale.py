@@ -13,7 +13,7 @@ from torch import nn
 from lightning_prune_init import PruneAtInitCallback, apply_masks, connection_sensitivity, get_masks, select_masks
 from lightning_prune_init.selection import keep_count
 
-from helpers import Classifier, conv_bn_net, lenet300, trainer_kwargs
+from tests.helpers import Classifier, conv_bn_net, lenet300, trainer_kwargs
 
 
 # --- (2) the streaming threshold against torch.topk on the concatenated scores ----------------------------

@@ -10,7 +10,7 @@ from torch.func import functional_call
 from lightning_prune_init import connection_sensitivity, noise_batches, prunable_parameters, select_masks
 from lightning_prune_init.scoring import ScoringInputError
 
-from helpers import conv_bn_net, lenet300
+from tests.helpers import conv_bn_net, lenet300
 
 
 def _hand_scores(model, batches, labels="true"):
@@ -126,7 +126,13 @@ def test_include_exclude_and_biases():
         "1.weight", "1.bias", "3.weight", "3.bias", "5.weight", "5.bias"
     ]
     assert list(prunable_parameters(net, exclude="5.*")) == ["1.weight", "3.weight"]
-    assert list(prunable_parameters(net, include=["3.*"])) == ["3.weight", "3.bias"]
+    # a 1-D tensor matched only by a wildcard is skipped with a note (issue 11); named exactly, or with
+    # prune_biases for a layer's bias, it is selected
+    selection = prunable_parameters(net, include=["3.*"])
+    assert list(selection) == ["3.weight"]
+    assert selection.notes and "3.bias" in selection.notes[0] and "prune_biases=True" in selection.notes[0]
+    assert list(prunable_parameters(net, include=["3.*"], prune_biases=True)) == ["3.weight", "3.bias"]
+    assert list(prunable_parameters(net, include=["3.weight", "3.bias"])) == ["3.weight", "3.bias"]
 
 
 def test_bad_inputs_have_clear_messages():
@@ -151,5 +157,5 @@ def test_bad_inputs_have_clear_messages():
 def test_custom_loss_fn_by_import_path():
     net = lenet300()
     x = torch.randn(4, 1, 28, 28)
-    scores = connection_sensitivity(net, [{"image": x}], loss_fn="helpers.dict_batch_loss")
+    scores = connection_sensitivity(net, [{"image": x}], loss_fn="tests.helpers.dict_batch_loss")
     assert abs(sum(float(s.sum()) for s in scores.values()) - 1.0) < 1e-5

@@ -11,7 +11,7 @@ from lightning_prune_init.selection import (
     select_masks,
 )
 
-from helpers import reference_keep
+from tests.helpers import reference_keep
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.99, 0.37])

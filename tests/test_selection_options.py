@@ -16,7 +16,7 @@ from lightning_prune_init.selection import (
     select_masks,
 )
 
-from helpers import reference_keep
+from tests.helpers import reference_keep
 
 
 def _tied_scores(seed=0):

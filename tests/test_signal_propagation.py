@@ -12,11 +12,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.data import DataLoader
 
 from lightning_prune_init import PruneAtInitCallback, get_masks
-from lightning_prune_init.callbacks._batches import fetch_batches
+from lightning_prune_init.callbacks.batches import fetch_batches
 from lightning_prune_init.callbacks.signal_propagation import SignalPropagationMonitor
 from lightning_prune_init.spectrum import jacobian_singular_values
 
-from helpers import Classifier, conv_bn_net, random_data, trainer_kwargs
+from tests.helpers import Classifier, conv_bn_net, random_data, trainer_kwargs
 
 STATS = {"mean", "std", "min", "max", "mean_sq"}  # cond is left out when a value is exactly 0
 

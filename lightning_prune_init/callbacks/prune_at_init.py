@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 
+from lightning_prune_init import _compat
 from lightning_prune_init.ablations import random_masks_like, reinitialize_kept_, shuffle_masks
 from lightning_prune_init.init import init_model_
 from lightning_prune_init.isometry import IsometryReport, approximate_isometry
@@ -69,7 +70,6 @@ class IsometryRepair:
     gain: float = 1.0
     tol: Optional[float] = None
 
-_SHARDING_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 _STATE_FORMAT = 1
 _REINIT_SEED_OFFSET = 1_000_003
 
@@ -262,7 +262,7 @@ class PruneAtInitCallback(Callback):
         if stage != "fit":
             return
         strategy = type(trainer.strategy).__name__
-        if strategy in _SHARDING_STRATEGIES or trainer.strategy.restore_checkpoint_after_setup:
+        if _compat.shards_parameters(trainer):
             raise MisconfigurationException(
                 f"PruneAtInitCallback does not support {strategy}: it shards parameters, and masks chosen on "
                 "shards would be silently wrong. Supported: single device, DDP ('ddp', 'ddp_spawn', "
@@ -370,7 +370,7 @@ class PruneAtInitCallback(Callback):
         return received
 
     def _scoring_batches(self, trainer: Trainer, pl_module: LightningModule) -> list[Any]:
-        from lightning_prune_init.callbacks._batches import fetch_batches
+        from lightning_prune_init.callbacks.batches import fetch_batches
 
         if self.supervision != "data_free":
             # as the training step receives them: e.g. floating inputs cast to bfloat16 under "bf16-true"
@@ -390,9 +390,9 @@ class PruneAtInitCallback(Callback):
             return None
 
     def _noise_template(self, trainer: Trainer, pl_module: LightningModule) -> Tensor:
-        from lightning_prune_init.callbacks._batches import fetch_batches
+        from lightning_prune_init.callbacks.batches import fetch_batches
 
-        if trainer.fit_loop._data_source.is_defined():
+        if _compat.train_data_defined(trainer):
             batch = fetch_batches(trainer, pl_module, 1)[0]
             inputs = batch if isinstance(batch, Tensor) else batch[0] if isinstance(batch, (tuple, list)) else None
         else:

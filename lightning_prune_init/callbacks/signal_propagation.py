@@ -51,7 +51,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
-from lightning_prune_init.callbacks._batches import fetch_batches, preserve_random_state
+from lightning_prune_init.callbacks.batches import fetch_batches
+from lightning_prune_init._quiet import preserve_random_state
+from lightning_prune_init import _compat
 from lightning_prune_init.parameters import layer_name, prunable_parameters
 from lightning_prune_init.scoring import resolve_callable
 from lightning_prune_init.spectrum import END_TO_END, METHODS, SCOPES, SpectrumStats, jacobian_singular_values
@@ -61,7 +63,6 @@ __all__ = ["SignalPropagationMonitor", "STAGES"]
 #: Stages a ``PruneAtInitCallback`` announces, in order, plus ``fit_start`` and ``train``.
 STAGES: tuple[str, ...] = ("after_init", "after_pruning", "after_repair", "fit_start", "train")
 _STATE_FORMAT = 1
-_SHARDING_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 
 
 def _default_forward(module: torch.nn.Module, x: Tensor) -> Tensor:
@@ -158,7 +159,7 @@ class SignalPropagationMonitor(Callback):
     # --- Lightning hooks ----------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         strategy = type(trainer.strategy).__name__
-        if stage == "fit" and (strategy in _SHARDING_STRATEGIES or trainer.strategy.restore_checkpoint_after_setup):
+        if stage == "fit" and _compat.shards_parameters(trainer):
             raise MisconfigurationException(
                 f"SignalPropagationMonitor does not support {strategy}: it runs the module on global rank 0 alone, "
                 "which needs the full parameters on that rank. Supported: single device and DDP."
@@ -196,7 +197,7 @@ class SignalPropagationMonitor(Callback):
             raise ValueError(f"`stage` must be a non-empty name without '/', e.g. one of {STAGES}; got {stage!r}")
         if not trainer.is_global_zero:
             return
-        with preserve_random_state(pl_module.device):
+        with preserve_random_state([pl_module.device]):
             results, density = self.compute(trainer, pl_module)
         self.last_results, self.last_density = results, density
         self.stage_results[stage] = results  # "train" keeps only the latest
@@ -302,7 +303,7 @@ class SignalPropagationMonitor(Callback):
 
     def _make_probe(self, trainer: Trainer | None, pl_module: LightningModule) -> Tensor:
         use_data = self.probe == "data"
-        if use_data and (trainer is None or not trainer.fit_loop._data_source.is_defined()):
+        if use_data and (trainer is None or not _compat.train_data_defined(trainer)):
             rank_zero_warn("SignalPropagationMonitor: no train dataloader; probing with noise shaped like the inputs")
             use_data = False
         if use_data:
