@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.nn.utils import prune
 
 from lightning_prune_init import apply_masks, connection_sensitivity, select_masks
-from lightning_prune_init.masking import _STATE_ATTR
+from lightning_prune_init.masks import get_masks
 from lightning_prune_init.models import build_network
 
 
@@ -99,7 +99,7 @@ def bench_network(name, kwargs, shape, batch, sparsity, rounds, steps, device):
     med = {k: statistics.median(v) for k, v in samples.items()}
 
     n_weights = sum(m.numel() for m in masks.values())
-    ours_bytes = sum(t.numel() * t.element_size() for t in ours.__dict__[_STATE_ATTR].pruned.values())
+    ours_bytes = sum(t.numel() * t.element_size() for t in get_masks(ours).values())
     theirs_bytes = sum(
         b.numel() * b.element_size() for n, b in theirs.named_buffers() if n.endswith("_mask")
     )

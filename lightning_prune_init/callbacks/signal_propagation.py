@@ -257,7 +257,7 @@ class SignalPropagationMonitor(Callback):
 
     def _density(self, pl_module: LightningModule) -> dict[str, float]:
         try:
-            from lightning_prune_init.masking import get_masks
+            from lightning_prune_init.masks import get_masks
 
             masks = get_masks(pl_module)
         except ImportError:  # pragma: no cover - masking is part of the package
