@@ -256,8 +256,9 @@ def _protocol_masks(prefix: str, module: nn.Module) -> dict[str, Tensor]:
 def get_masks(model: nn.Module) -> dict[str, Tensor]:
     """The masks attached to ``model`` or any of its submodules, keyed by names relative to ``model``.
 
-    Includes the masks of modules that implement the ``pruning_masks()`` protocol (module docstring). Returns new
-    ``torch.bool`` tensors (``True`` = kept) on the masks' devices; ``{}`` when there are none. Works through
+    Includes the masks of modules that implement the ``pruning_masks()`` protocol (module docstring), in the order
+    of the modules in ``model.named_modules()``. Returns new ``torch.bool`` tensors (``True`` = kept) on the masks'
+    devices; ``{}`` when there are none. Works through
     wrappers: ``get_masks(ddp_model)`` yields ``"module.<name>"`` keys.
 
     >>> from lightning_prune_init.masks import apply_masks
@@ -267,15 +268,18 @@ def get_masks(model: nn.Module) -> dict[str, Tensor]:
     {'0.0.weight': [[1, 0, 1], [0, 0, 1]]}
     """
     _check_module(model)
-    out: dict[str, Tensor] = {}
-    for prefix, module in model.named_modules():
-        prefix = f"{prefix}." if prefix else ""
+    found: dict[str, Tensor] = {}
+    position: dict[str, int] = {}  # module path -> its place in named_modules(), to list masks in model order
+    for index, (path, module) in enumerate(model.named_modules()):
+        position[path] = index
+        prefix = f"{path}." if path else ""
         state = module.__dict__.get(_STATE_ATTR)
         if state is not None:
-            out.update({prefix + name: ~pruned for name, pruned in state.pruned.items()})
+            found.update({prefix + name: ~pruned for name, pruned in state.pruned.items()})
         if callable(getattr(type(module), "pruning_masks", None)):
-            out.update(_protocol_masks(prefix, module))
-    return out
+            found.update(_protocol_masks(prefix, module))
+    order = sorted(found, key=lambda name: position.get(name.rpartition(".")[0], -1))  # stable within a module
+    return {name: found[name] for name in order}
 
 
 def enforce_masks_(model: nn.Module) -> nn.Module:
