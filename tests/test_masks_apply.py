@@ -162,11 +162,10 @@ class TiedLM(nn.Module):
 
     def __init__(self):
         super().__init__()
-        torch.manual_seed(0)
-        self.emb = nn.Embedding(12, 6)
-        self.mid = nn.Linear(6, 6)
-        self.head = nn.Linear(6, 12, bias=False)
-        self.head.weight = self.emb.weight
+        g = torch.Generator().manual_seed(0)
+        self.emb = nn.Embedding(12, 6, _weight=torch.randn(12, 6, generator=g))
+        self.mid, self.head = nn.Linear(6, 6), nn.Linear(6, 12, bias=False)
+        self.head.weight = self.emb.weight  # tied
 
     def forward(self, ids):
         return self.head(torch.relu(self.mid(self.emb(ids))))

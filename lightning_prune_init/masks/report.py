@@ -54,26 +54,28 @@ class SparsityReport:
     """
 
     layers: dict[str, LayerDensity] = field(default_factory=dict)
+    #: kept entries over all tensors (a tied tensor counted once); computed from ``layers``
+    kept: int = field(init=False)
+    #: entries over all tensors; computed from ``layers``
+    total: int = field(init=False)
 
-    @property
-    def kept(self) -> int:
-        return sum(layer.kept for layer in self.layers.values())
-
-    @property
-    def total(self) -> int:
-        return sum(layer.total for layer in self.layers.values())
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kept", sum(layer.kept for layer in self.layers.values()))
+        object.__setattr__(self, "total", sum(layer.total for layer in self.layers.values()))
 
     @property
     def density(self) -> float:
+        """``kept / total`` (0 when there is nothing)."""
         return self.kept / self.total if self.total else 0.0
-
-    @property
-    def sparsity(self) -> float:
-        return 1.0 - self.density
 
     def collapsed(self) -> list[str]:
         """Names of tensors with no kept entry."""
         return [name for name, layer in self.layers.items() if layer.kept == 0]
+
+    @property
+    def sparsity(self) -> float:
+        """``1 - density``."""
+        return 1.0 - self.density
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (JSON and ``torch.load(weights_only=True)`` safe); a tied tensor's entry lists its aliases."""
