@@ -4,13 +4,14 @@ then on every step keeps pruned weights and state at exactly 0."""
 
 import copy
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lightning_prune_init.masks import apply_masks, masked_nonzeros, zero_optimizer_state_
 
-from tests.helpers import conv_bn_net
+from tests.helpers import Classifier, conv_bn_net, trainer_kwargs
 
 OPTIMIZERS = {
     "sgd_momentum_wd": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=5e-4),
@@ -105,3 +106,44 @@ def test_only_state_tensors_shaped_like_the_parameter_are_touched():
     assert all(torch.equal(before[k], v) for k, v in optimizer.state[unmasked].items())
     with pytest.raises(TypeError, match="`optimizer` must be a torch.optim.Optimizer"):
         zero_optimizer_state_(net, net)
+
+
+class _Resume(pl.Callback):
+    """The calls PruneAtInitCallback makes on resume: masks attached in on_fit_start, optimizer state zeroed in
+    on_train_start (Lightning restores it in between); records the non-zero pruned entries after every step."""
+
+    def __init__(self, masks, zero_on_train_start):
+        self.masks, self.zero, self.seen = masks, zero_on_train_start, []
+
+    def on_fit_start(self, trainer, pl_module):
+        apply_masks(pl_module, self.masks, optimizers=trainer.optimizers)
+
+    def on_train_start(self, trainer, pl_module):
+        if self.zero:
+            for optimizer in trainer.optimizers:
+                zero_optimizer_state_(optimizer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        optimizer = trainer.optimizers[0]
+        self.seen.append((sum(masked_nonzeros(pl_module, self.masks).values()), _state_nonzeros(optimizer, pl_module, self.masks)))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_resume_from_a_checkpoint_with_state_at_pruned_entries(tmp_path, optimizer):
+    """Issue 12: Lightning restores optimizer state after on_fit_start; zeroing it in on_train_start is enough."""
+    pl.seed_everything(0)
+    dense = Classifier(net=conv_bn_net(), shape=(1, 12, 12), optimizer=optimizer, n=64, batch_size=16)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=3))
+    trainer.fit(dense)  # a dense run: its optimizer state is non-zero everywhere
+    trainer.save_checkpoint(tmp_path / "dense.ckpt")
+    masks = {f"net.{n}": m for n, m in _masks(dense.net).items()}
+    seen = {}
+    for zero in (True, False):
+        model = Classifier(net=conv_bn_net(), shape=(1, 12, 12), optimizer=optimizer, n=64, batch_size=16)
+        callback = _Resume(masks, zero)
+        pl.Trainer(**trainer_kwargs(tmp_path, max_steps=3 + 20), callbacks=[callback]).fit(
+            model, ckpt_path=tmp_path / "dense.ckpt"
+        )
+        seen[zero] = callback.seen
+    assert seen[True] == [(0, 0)] * 20
+    assert all(w > 0 for w, _ in seen[False])  # without the zeroing: pruned weights move on every step
