@@ -113,9 +113,11 @@ class _MaskState:
         """Zero pruned entries of ``names`` (default: all) that changed since their last enforcement; all of them
         with ``force`` or when marked stale (those through ``.data``, with the optimizer state too)."""
         stale = self.stale
-        forced: list[str] = []
+        forced: list[str] | None = None  # built only when needed: the common path allocates nothing
         for name in self.pruned if names is None else names:
             if force or (stale and name in stale):
+                if forced is None:
+                    forced = []
                 forced.append(name)
                 continue
             p = self.param(name)
