@@ -17,9 +17,9 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-from lightning_prune_init._validation import check_bool_masks
-from lightning_prune_init.masks.hooks import _STATE_ATTR, _check_module, _MaskState, find_states
-from lightning_prune_init.masks.optimizers import attach, check_optimizers
+from lightning_prune_init._validation import check_bool_masks, check_instances
+from lightning_prune_init.masks.hooks import _STATE_ATTR, _check_module, _find_states, _MaskState
+from lightning_prune_init.masks.optimizers import _attach
 
 __all__ = ["apply_masks", "masked_nonzeros", "remove_masks"]
 
@@ -90,7 +90,7 @@ def apply_masks(
     [[0, 1, 0], [1, 0, 0]]
     """
     _check_module(model)
-    optimizers = check_optimizers(optimizers)
+    optimizers = check_instances("optimizers", optimizers, torch.optim.Optimizer, "torch.optim.Optimizer")
     checked = _checked(model, masks)
     owners = _owners(model, checked)
     params = {name: model.get_parameter(name) for name in checked}
@@ -119,7 +119,7 @@ def apply_masks(
                 state._follow(name, p)
                 undo.followed.append(name)
         for optimizer in optimizers:
-            undo.handles += attach(state, optimizer)
+            undo.handles += _attach(state, optimizer)
     except BaseException:
         undo.rollback()
         raise
@@ -196,7 +196,7 @@ def remove_masks(model: nn.Module, names: Iterable[str] | None = None) -> dict[s
     ['0.weight']
     """
     _check_module(model)
-    states = find_states(model)
+    states = _find_states(model)
     if names is None:
         chosen = {prefix: list(state.pruned) for prefix, state in states}
     else:

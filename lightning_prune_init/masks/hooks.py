@@ -138,7 +138,7 @@ class _MaskState:
                 self.versions[name] = p._version
                 self.stale.discard(name)
                 for optimizer in optimizers:
-                    zero_state_entries_(optimizer.state.get(p), p, self.pruned[name])
+                    _zero_state_entries_(optimizer.state.get(p), p, self.pruned[name])
 
     # --- hooks --------------------------------------------------------------------------------------
     def index_modules(self) -> None:
@@ -202,7 +202,7 @@ class _MaskState:
         self.__dict__.update(state)
 
 
-def zero_state_entries_(p_state: Mapping[str, Any] | None, p: Tensor, pruned: Tensor) -> None:
+def _zero_state_entries_(p_state: Mapping[str, Any] | None, p: Tensor, pruned: Tensor) -> None:
     """Zero, at ``pruned``, every tensor of one parameter's optimizer state that has the parameter's shape."""
     if not p_state:
         return
@@ -224,7 +224,7 @@ def _enforce_before_state_dict(state: _MaskState, key: str, module: nn.Module, p
     state.force_(state.module_names.get(key, ()))
 
 
-def find_states(model: nn.Module) -> list[tuple[str, _MaskState]]:
+def _find_states(model: nn.Module) -> list[tuple[str, _MaskState]]:
     """Mask states on ``model`` or any submodule (e.g. under a DDP wrapper), with their name prefixes."""
     found = []
     for prefix, module in model.named_modules():
@@ -297,7 +297,7 @@ def enforce_masks_(model: nn.Module) -> nn.Module:
     >>> enforce_masks_(net).weight.tolist()
     [[1.0, 0.0], [1.0, 1.0]]
     """
-    for _, state in find_states(_check_module(model)):
+    for _, state in _find_states(_check_module(model)):
         state.force_(list(state.pruned))
     return model
 
@@ -318,6 +318,6 @@ def mark_masks_stale(model: nn.Module) -> nn.Module:
     >>> net.weight.tolist()
     [[1.0, 0.0], [1.0, 1.0]]
     """
-    for _, state in find_states(_check_module(model)):
+    for _, state in _find_states(_check_module(model)):
         state.stale.update(state.pruned)
     return model

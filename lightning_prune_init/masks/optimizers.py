@@ -27,10 +27,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_prune_init.masks.hooks import _MaskState, _check_module, find_states, zero_state_entries_
+from lightning_prune_init._validation import check_instances
+from lightning_prune_init.masks.hooks import _check_module, _find_states, _MaskState, _zero_state_entries_
 
-__all__ = ["attach_optimizers", "detach_optimizers", "zero_optimizer_state_"]
+__all__ = ["ELEMENTWISE_OPTIMIZERS", "attach_optimizers", "detach_optimizers", "zero_optimizer_state_"]
 
+#: The optimizer classes whose update of an entry with zero gradient, state and weight is exactly 0 (subclasses
+#: are not trusted: they may override ``step``).
 ELEMENTWISE_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (
     torch.optim.SGD,
     torch.optim.Adam,
@@ -44,21 +47,7 @@ ELEMENTWISE_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (
 )
 
 
-def check_optimizers(optimizers: Any, argument: str = "optimizers") -> list[torch.optim.Optimizer]:
-    """``optimizers`` as a list, each a ``torch.optim.Optimizer`` (a single optimizer is accepted too)."""
-    if isinstance(optimizers, torch.optim.Optimizer):
-        return [optimizers]
-    try:
-        items = list(optimizers)
-    except TypeError:
-        raise TypeError(f"`{argument}` must be a list of torch.optim.Optimizer, got {type(optimizers).__name__}") from None
-    for item in items:
-        if not isinstance(item, torch.optim.Optimizer):
-            raise TypeError(f"`{argument}` must be a list of torch.optim.Optimizer, got an element {type(item).__name__}")
-    return items
-
-
-def attach(state: _MaskState, optimizer: torch.optim.Optimizer) -> list[Any]:
+def _attach(state: _MaskState, optimizer: torch.optim.Optimizer) -> list[Any]:
     """Register the step hooks of ``optimizer`` on ``state`` and zero its state at pruned entries; returns the
     handles (removed again by ``state.detach_optimizers()``)."""
     ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
@@ -114,10 +103,10 @@ def attach_optimizers(model: nn.Module, optimizers: Iterable[torch.optim.Optimiz
     >>> opt.step(); net.weight[0, 1].item()  # ... and re-zeroed after the step
     0.0
     """
-    optimizers = check_optimizers(optimizers)
-    for _, state in find_states(_check_module(model)):
+    optimizers = check_instances("optimizers", optimizers, torch.optim.Optimizer, "torch.optim.Optimizer")
+    for _, state in _find_states(_check_module(model)):
         for optimizer in optimizers:
-            attach(state, optimizer)
+            _attach(state, optimizer)
 
 
 def detach_optimizers(model: nn.Module) -> None:
@@ -134,7 +123,7 @@ def detach_optimizers(model: nn.Module) -> None:
     >>> opt.step(); net.weight[0, 1].item()  # no longer re-zeroed after a step (the next forward does it)
     1.0
     """
-    for _, state in find_states(_check_module(model)):
+    for _, state in _find_states(_check_module(model)):
         state.detach_optimizers()
 
 
@@ -158,8 +147,8 @@ def zero_optimizer_state_(optimizer: torch.optim.Optimizer, model: nn.Module) ->
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"`optimizer` must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     with torch.no_grad():
-        for _, state in find_states(_check_module(model)):
+        for _, state in _find_states(_check_module(model)):
             for name, pruned in state.pruned.items():
                 p = state.param(name)
-                zero_state_entries_(optimizer.state.get(p), p, pruned)
+                _zero_state_entries_(optimizer.state.get(p), p, pruned)
     return optimizer
