@@ -162,6 +162,7 @@ def main() -> None:
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--baseline-masking", default=None, help="an earlier masking.py to compare step times with")
     parser.add_argument("--networks", default="lenet5,vgg_c", help="comma-separated: lenet5, vgg_c")
+    parser.add_argument("--steps", type=int, default=None, help="steps per variant and round (default: per network)")
     args = parser.parse_args()
     device = torch.device(args.device)
     baseline = load_baseline(args.baseline_masking) if args.baseline_masking else None
@@ -169,7 +170,7 @@ def main() -> None:
         ("lenet5", {}, (1, 28, 28), 100, 20),
         ("vgg_c", {}, (3, 32, 32), 32 if device.type == "cpu" else 128, 2 if device.type == "cpu" else 20),
     ]
-    cases = [c for c in cases if c[0] in args.networks.split(",")]
+    cases = [(*c[:4], args.steps or c[4]) for c in cases if c[0] in args.networks.split(",")]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
