@@ -161,12 +161,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--baseline-masking", default=None, help="an earlier masking.py to compare step times with")
-    parser.add_argument("--networks", default="lenet5,vgg_c", help="comma-separated: lenet5, vgg_c")
+    parser.add_argument("--networks", default="lenet300,lenet5,vgg_c", help="comma-separated: lenet300 (batch 1), lenet5, vgg_c")
     parser.add_argument("--steps", type=int, default=None, help="steps per variant and round (default: per network)")
     args = parser.parse_args()
     device = torch.device(args.device)
     baseline = load_baseline(args.baseline_masking) if args.baseline_masking else None
     cases = [
+        ("lenet300", {}, (1, 28, 28), 1, 200),  # batch 1: the hooks' Python overhead is as visible as it gets
         ("lenet5", {}, (1, 28, 28), 100, 20),
         ("vgg_c", {}, (3, 32, 32), 32 if device.type == "cpu" else 128, 2 if device.type == "cpu" else 20),
     ]
