@@ -99,9 +99,7 @@ def random_masks_like(masks: Mapping[str, Tensor], *, generator: torch.Generator
     return drawn
 
 
-def _fresh(
-    p: Tensor, entry: SelectedParameter, scheme: str, gain: float, generator: torch.Generator
-) -> Tensor:
+def _fresh(p: Tensor, entry: SelectedParameter, scheme: str, gain: float, generator: torch.Generator) -> Tensor:
     """A new float32 tensor like ``p`` on the generator's device, drawn with ``scheme`` per matrix of the entry's
     layout; a 1-D bias gets zeros, any other 1-D tensor its current values (no scheme defines it)."""
     layout = entry.layout

@@ -113,14 +113,14 @@ def test_reinitialize_kept_draws_per_layout():
     model = torch.nn.Sequential(
         torch.nn.Conv2d(8, 8, 3, groups=8), torch.nn.Conv2d(8, 16, 3, groups=2), torch.nn.Conv2d(16, 4, 3)
     )
-    model.requires_grad_(True)
     before = copy.deepcopy(model.state_dict())
     all_kept = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters()}
     with torch.no_grad():
         model[0].bias.fill_(1.0)
     reinitialize_kept_(model, all_kept, scheme="orthogonal", generator=3)
     dw = model[0].weight.detach().reshape(8, 9)
-    assert torch.equal(dw.abs().sum(1), torch.ones(8)) and torch.equal(torch.count_nonzero(dw, dim=1), torch.ones(8, dtype=torch.long))
+    assert torch.equal(dw.abs().sum(1), torch.ones(8))  # depthwise: one ±1 tap per channel
+    assert torch.equal(torch.count_nonzero(dw, dim=1), torch.ones(8, dtype=torch.long))
     wide = model[2].weight.detach().double().reshape(4, -1)
     assert torch.max(torch.abs(wide @ wide.T - torch.eye(4, dtype=torch.float64))) < 1e-6
     assert all(torch.count_nonzero(model[i].bias) == 0 for i in range(3))  # kept bias entries: zeros

@@ -156,7 +156,9 @@ def init_model_(
     for name, entry in selection.entries.items():
         p = selection[name]
         if not p.is_floating_point():
-            raise TypeError(f"init_model_: parameter {name!r} is not floating point ({p.dtype}); leave it out of `parameters`")
+            raise TypeError(
+                f"init_model_: parameter {name!r} is not floating point ({p.dtype}); leave it out of `parameters`"
+            )
         if entry.layout.is_matrix:
             entry.layout.matrix_shape(p.shape)
 

@@ -30,11 +30,7 @@ __all__ = ["delta_orthogonal_", "orthogonal_"]
 
 @torch.no_grad()
 def orthogonal_(
-    tensor: Tensor,
-    gain: float = 1.0,
-    *,
-    layout: MatrixLayout | None = None,
-    generator: torch.Generator | None = None,
+    tensor: Tensor, gain: float = 1.0, *, layout: MatrixLayout | None = None, generator: torch.Generator | None = None
 ) -> Tensor:
     """Fill ``tensor`` in place with a (block-)orthogonal weight times ``gain``, one matrix of ``layout`` at a time.
 
@@ -71,7 +67,8 @@ def orthogonal_(
     >>> import torch
     >>> from lightning_prune_init.layouts import layout_of
     >>> depthwise = torch.nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False)
-    >>> _ = orthogonal_(depthwise.weight, layout=layout_of(depthwise, "weight"), generator=torch.Generator().manual_seed(0))
+    >>> layout = layout_of(depthwise, "weight")  # MatrixLayout(kind='conv', groups=4, kernel=(3, 3))
+    >>> _ = orthogonal_(depthwise.weight, layout=layout, generator=torch.Generator().manual_seed(0))
     >>> depthwise.weight.detach().abs().sum((1, 2, 3))  # one unit tap per channel: power gain 1
     tensor([1., 1., 1., 1.])
     >>> w = orthogonal_(torch.empty(4, 8, 3, 3))  # c_in > c_out: orthonormal rows of the reshaped kernel
@@ -94,11 +91,7 @@ def orthogonal_(
 
 @torch.no_grad()
 def delta_orthogonal_(
-    tensor: Tensor,
-    gain: float = 1.0,
-    *,
-    layout: MatrixLayout | None = None,
-    generator: torch.Generator | None = None,
+    tensor: Tensor, gain: float = 1.0, *, layout: MatrixLayout | None = None, generator: torch.Generator | None = None
 ) -> Tensor:
     """Fill a conv weight in place with an orthogonal centre tap per group and zeros elsewhere.
 
