@@ -86,7 +86,11 @@ def init_tensor_(
 
 
 def is_bias(names: Sequence[str]) -> bool:
-    """Whether a tensor known under ``names`` is registered as a ``bias`` or ``in_proj_bias``."""
+    """Whether a tensor known under ``names`` is registered as a ``bias`` or ``in_proj_bias``.
+
+    >>> is_bias(["encoder.attn.in_proj_bias"]), is_bias(["norm.weight"])
+    (True, False)
+    """
     return any(n.rpartition(".")[2] in _BIASES for n in names)
 
 
