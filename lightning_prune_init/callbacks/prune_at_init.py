@@ -293,7 +293,7 @@ class PruneAtInitCallback(Callback):
     def _prune(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.init is not None:
             generator = None if self.init_seed is None else torch.Generator().manual_seed(self.init_seed)
-            init_model_(pl_module, self.init, gain=self.init_gain, generator=generator)
+            init_model_(pl_module, self.init, gain=self.init_gain, zero_biases=True, generator=generator)
             _broadcast_parameters(trainer, pl_module)
         notify_prune_stage(trainer, pl_module, "after_init")
         fn = self._criterion_fn
