@@ -12,16 +12,6 @@ from lightning_prune_init.spectrum.estimators import Gram, lanczos
 from lightning_prune_init.spectrum.operators import MatrixOperator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many small ops: on a shared CPU, OpenMP barriers across threads cost more than the ops
-    (measured ~10x slower with 2 threads under load). One thread changes no asserted value."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tanh_mlp(widths=(32, 48, 40, 10), seed=0, gain=1.2, bias=True):
     torch.manual_seed(seed)
     layers = []

@@ -238,16 +238,5 @@ def estimate_stats(
         vmin = math.sqrt(max(float(torch.stack(mins).min()), 0.0))
     vmax = math.sqrt(max(float(lam_max.max()), 0.0))
     cond = (vmax / vmin if vmin > 0 else math.inf) if math.isfinite(vmin) else math.nan
-    return SpectrumStats(
-        mean=mean,
-        std=std,
-        min=vmin,
-        max=vmax,
-        cond=cond,
-        mean_sq=mean_sq,
-        method="estimate",
-        shape=(op.m, op.n),
-        num_examples=op.batch,
-        values=None,
-    )
+    return SpectrumStats(mean, std, vmin, vmax, cond, mean_sq, "estimate", (op.m, op.n), op.batch)
 

@@ -60,7 +60,7 @@ def summary_table(stage_results: Mapping[str, Results], scopes: Sequence[str]) -
     >>> one = {"end_to_end": {"end_to_end": stats_from_values(torch.tensor([[1.0, 1.0]]), (2, 2))}}
     >>> print(summary_table({"fit_start": one}, ["end_to_end"]))
     Jacobian singular values: mean ± std [min, max]
-                                     fit_start
+                                   fit_start
     end to end  1.000 ± 0.000 [1.000, 1.000]
     """
     if not stage_results:
