@@ -237,3 +237,34 @@ def test_integer_inputs_without_embedding_are_refused_with_the_fix():
 
     with pytest.raises(ValueError, match="input_key"):
         jacobian_singular_values(Cast(), torch.ones(2, 3, dtype=torch.long), scope="end_to_end")
+
+
+def test_operations_without_second_derivative_fall_back_to_forward_mode_products():
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(6, 9), nn.Hardsigmoid(), nn.Linear(9, 2))  # no double backward of hardsigmoid
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(6)) * 4
+    with torch.no_grad():
+        pre = model[0](x)
+        slope = ((pre > -3) & (pre < 3)).float() / 6  # hardsigmoid'(pre)
+    exact = jacobian_singular_values(model, x, method="exact", layers="0")["0"]  # 9 x 6: columns J e_j
+    for i in range(3):
+        torch.testing.assert_close(exact.values[i], pooled(torch.diag(slope[i]) @ model[0].weight), atol=1e-6, rtol=1e-5)
+    estimate = jacobian_singular_values(model, x, method="estimate", layers="0", lanczos_steps=2, num_probes=6)["0"]
+    assert estimate.method == "estimate"
+    assert estimate.mean_sq == pytest.approx(exact.mean_sq, rel=1e-5)  # 6 basis probes: exact
+    assert exact.max * 0.98 <= estimate.max <= exact.max * (1 + 1e-5)
+
+
+def test_timm_mobilenet_with_depthwise_convs_and_hardsigmoid():
+    from tests.zoo import timm_model
+
+    model = timm_model("mobilenetv3_small_100")
+    weights = jacobian_singular_values(model, scope="weights", method="exact", layers="blocks.1.*")
+    depthwise = model.blocks[1][0].conv_dw
+    stats = weights["blocks.1.0.conv_dw"]
+    assert stats.groups == depthwise.groups == depthwise.out_channels and stats.shape == (1, 9)
+    torch.testing.assert_close(stats.values[0], pooled(*depthwise.weight.reshape(depthwise.groups, 1, 9)))
+    x = torch.randn(2, 3, 32, 32)
+    cheap = {"power_iters": 2, "num_probes": 1, "lanczos_steps": 2}
+    layerwise = jacobian_singular_values(model, x, method="estimate", layers="blocks.1.*", **cheap)
+    assert set(layerwise) <= set(weights) and "blocks.1.0.conv_dw" in layerwise

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.func import vjp, vmap
+from torch.func import jvp, vjp, vmap
 
 __all__ = ["BatchedOperator", "JacobianOperator", "MatrixOperator"]
 
@@ -72,8 +72,10 @@ class JacobianOperator(BatchedOperator):
     product with every example's Jacobian. ``fn`` is linearized once: one ``torch.func.vjp`` records the graph
     from ``P`` to the output (only what depends on ``P`` is recomputed), its pullback gives ``Jᵀu`` and the
     transpose of the pullback (the vjp of a linear map) gives ``Jv``. A forward-mode jvp would recompute everything
-    upstream of ``P`` at every product (measured slower on VGG). :meth:`dense` stacks products with basis vectors of
-    the smaller side (``vmap`` over chunks of the basis), so the model's forward is never run under ``vmap``.
+    upstream of ``P`` at every product (measured slower on VGG); it is used only when an operation has no second
+    derivative (``hardsigmoid`` in MobileNetV3, fused attention kernels), which the transpose of the pullback needs.
+    :meth:`dense` stacks products with basis vectors of the smaller side (``vmap`` over chunks of the basis), so the
+    model's forward is never run under ``vmap`` (except by that fallback).
 
     Raises:
         ValueError: the output is not a tensor whose first dimension is the batch.
@@ -86,6 +88,8 @@ class JacobianOperator(BatchedOperator):
     """
 
     def __init__(self, fn: Callable[[Tensor], Tensor], primals: Tensor) -> None:
+        self._fn, self._primals = fn, primals
+        self._forward_mode = False  # jvp products, once the transpose of the pullback failed
         self.batch = primals.shape[0]
         self.in_shape = primals.shape[1:]
         self.dtype, self.device = primals.dtype, primals.device
@@ -105,9 +109,17 @@ class JacobianOperator(BatchedOperator):
         return self._pullback(u.to(self.dtype).reshape(self.batch, *self.out_shape))[0].reshape(self.batch, -1)
 
     def matvec(self, v: Tensor) -> Tensor:
-        if self._pushforward is None:
-            _, self._pushforward = vjp(lambda u: self._pullback(u)[0], torch.zeros_like(self._out))
-        return self._pushforward(v.to(self.dtype).reshape(self.batch, *self.in_shape))[0].reshape(self.batch, -1)
+        v = v.to(self.dtype).reshape(self.batch, *self.in_shape)
+        if not self._forward_mode:
+            try:
+                if self._pushforward is None:
+                    _, self._pushforward = vjp(lambda u: self._pullback(u)[0], torch.zeros_like(self._out))
+                return self._pushforward(v)[0].reshape(self.batch, -1)
+            except RuntimeError as error:  # an operation without a second derivative
+                if "not implemented" not in str(error):
+                    raise
+                self._forward_mode = True
+        return jvp(self._fn, (self._primals,), (v,))[1].reshape(self.batch, -1)
 
     def dense(self, max_chunk_numel: int = 2**22) -> Tensor:
         rows = self.m <= self.n  # rows from Jᵀ e_i (pullbacks), else columns from J e_j
