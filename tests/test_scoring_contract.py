@@ -5,6 +5,7 @@ before the scoring package (checked: see the report of the scoring branch).
 """
 
 import copy
+import inspect
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from torch import nn
 
 from lightning_prune_init import PruneAtInitCallback, connection_sensitivity
 from lightning_prune_init.parameters import select_parameters
+from lightning_prune_init.selection import select_masks
 from lightning_prune_init.scoring import (
     CRITERIA,
     ScoringContext,
@@ -275,3 +277,17 @@ def test_grasp_on_a_model_without_second_derivative_says_so():
     criterion_masks(net, [batch], criterion="snip", sparsity=0.5)  # first derivatives are fine
     with pytest.raises(RuntimeError, match=r"criterion 'grasp' needs second derivatives.*cannot be differentiated twice"):
         criterion_masks(net, [batch], criterion="grasp", sparsity=0.5)
+
+
+@pytest.mark.skipif("pattern" not in inspect.signature(select_masks).parameters,
+                    reason="select_masks has no N:M `pattern` yet (added on the sparse branch)")
+@pytest.mark.parametrize("criterion", ["snip", "synflow", "iterative_snip"])
+def test_a_pattern_reaches_select_masks_and_the_last_round(criterion):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 4))
+    batch = (torch.randn(8, 8), torch.randint(0, 4, (8,)))
+    options = {"snip": None, "synflow": {"rounds": 3, "input_shape": (8,)}, "iterative_snip": {"rounds": 3}}[criterion]
+    scores, masks = criterion_masks(net, [batch], criterion=criterion, sparsity=None, pattern="2:4",
+                                    criterion_options=options)
+    for name, m in masks.items():
+        assert bool((m.reshape(m.shape[0], -1, 4).sum(dim=-1) == 2).all()), name
