@@ -16,23 +16,23 @@ Where to look:
 
 See docs/criteria.md.
 
->>> sorted(CRITERIA)
-['grasp', 'iterative_snip', 'magnitude', 'random', 'snip', 'synflow']
+>>> tuple(CRITERIA)
+('snip', 'magnitude', 'random', 'synflow', 'grasp', 'iterative_snip')
 """
+
+# the criteria register themselves on import, in this order (the order of CRITERIA): snip, magnitude, random,
+# synflow, grasp, iterative_snip
+from lightning_prune_init.scoring.snip import connection_sensitivity, snip  # isort: skip
+from lightning_prune_init.scoring.simple import magnitude, random_scores  # isort: skip
+from lightning_prune_init.scoring.synflow import synflow  # isort: skip
+from lightning_prune_init.scoring.grasp import grasp  # isort: skip
+from lightning_prune_init.scoring.iterative import iterative_snip  # isort: skip
 
 from lightning_prune_init._imports import resolve_callable
 from lightning_prune_init.scoring.api import criterion_masks, run_criterion
 from lightning_prune_init.scoring.context import ScoringContext
-from lightning_prune_init.scoring.grasp import grasp
 from lightning_prune_init.scoring.guards import check_can_score, check_scoring_input
-from lightning_prune_init.scoring.iterative import iterative_snip
-from lightning_prune_init.scoring.losses import (
-    LossFn,
-    ScoringInputError,
-    ScoringLoss,
-    Supervision,
-    make_loss,
-)
+from lightning_prune_init.scoring.losses import LossFn, ScoringInputError, ScoringLoss, Supervision, make_loss
 from lightning_prune_init.scoring.noise import input_embedding, noise_batches, vocab_size_of
 from lightning_prune_init.scoring.registry import (
     CRITERIA,
@@ -43,9 +43,6 @@ from lightning_prune_init.scoring.registry import (
     register_criterion,
 )
 from lightning_prune_init.scoring.rounds import exponential_schedule
-from lightning_prune_init.scoring.simple import magnitude, random_scores
-from lightning_prune_init.scoring.snip import connection_sensitivity, snip
-from lightning_prune_init.scoring.synflow import synflow
 
 __all__ = [
     "CRITERIA",
