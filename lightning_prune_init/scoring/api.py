@@ -119,17 +119,9 @@ def criterion_masks(
     options = check_criterion_options(fn, criterion_options)
     check_sparsity(sparsity, pattern)
     check_choice("on_layer_collapse", on_layer_collapse, ("warn", "error", "ignore"))
-    context = ScoringContext(
-        loss=make_loss(supervision, loss_fn=loss_fn, logits_fn=logits_fn),
-        sparsity=sparsity,
-        scope=scope,
-        min_density=min_density,
-        invert=invert,
-        pattern=pattern,
-        reduce_fn=reduce_fn,
-        generator=generator,
-        options=options,
-    )
+    loss = make_loss(supervision, loss_fn=loss_fn, logits_fn=logits_fn)
+    context = ScoringContext(loss=loss, sparsity=sparsity, scope=scope, min_density=min_density, invert=invert,
+                             pattern=pattern, reduce_fn=reduce_fn, generator=generator, options=options)
     selection = as_selection(model, parameters)
     scores = run_criterion(fn, model, batches, selection, context)
     masks = select_masks(scores, context.sparsity, on_layer_collapse=on_layer_collapse,
