@@ -12,6 +12,7 @@ from lightning_prune_init.parameters import select_parameters
 from lightning_prune_init.scoring import (
     CRITERIA,
     ScoringContext,
+    ScoringInputError,
     connection_sensitivity,
     criterion_masks,
     criterion_needs_data,
@@ -285,6 +286,25 @@ def test_synflow_float32_overflow_is_reported():
     with pytest.raises(ValueError, match="overflowed"):
         _score("synflow", net, sparsity=0.5, options={"rounds": 1, "input_shape": (64,), "dtype": "float32"})
     assert _score("synflow", net, sparsity=0.5, options={"rounds": 1, "input_shape": (64,)})  # float64: 64^31 fits
+
+
+class _Scaled(nn.Module):
+    def __init__(self, factor, as_dict=False):
+        super().__init__()
+        self.fc, self.factor, self.as_dict = nn.Linear(3, 2, bias=False), factor, as_dict
+
+    def forward(self, x):
+        out = self.fc(x) * self.factor
+        return {"out": out} if self.as_dict else out
+
+
+def test_synflow_refuses_a_flow_it_cannot_use():
+    with pytest.raises(ValueError, match="does not depend on the selected tensors"):
+        _score("synflow", _Scaled(0.0), sparsity=0.5, options={"rounds": 1, "input_shape": (3,)})
+    with pytest.raises(ScoringInputError, match="returning a tensor or an output with `.logits`, got dict"):
+        _score("synflow", _Scaled(1.0, as_dict=True), sparsity=0.5, options={"rounds": 1, "input_shape": (3,)})
+    with pytest.raises(ScoringInputError, match="needs the shape of one input"):
+        _score("synflow", _Scaled(1.0), sparsity=0.5, options={"rounds": 1})
 
 
 def _vgg16_narrow():
