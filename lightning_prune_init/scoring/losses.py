@@ -290,7 +290,7 @@ def make_loss(
             ``"labels"``, or a path that cannot be imported.
         TypeError: a hook that is neither callable nor an import path.
 
-    >>> make_loss("data_free", logits_fn="tests.zoo.hf_logits")
+    >>> make_loss("data_free", logits_fn=lambda model, batch: model(**batch).logits)
     ScoringLoss(supervision='data_free', logits_fn, temperature=1)
     """
     check_choice("supervision", supervision, SUPERVISIONS)
