@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from lightning_prune_init._validation import check_number
 from lightning_prune_init.parameters import ParameterSelection
 from lightning_prune_init.scoring.context import ScoringContext
-from lightning_prune_init.scoring.guards import scoring_session, second_order
+from lightning_prune_init.scoring.guards import check_twice_differentiable, scoring_session, second_order
 from lightning_prune_init.scoring.losses import check_loss_value
 from lightning_prune_init.scoring.registry import check_criterion_options, register_criterion
 from lightning_prune_init.scoring.snip import batch_list
@@ -87,6 +87,7 @@ def grasp(
         for index, batch in enumerate(batches):
             with torch.enable_grad():
                 value = check_loss_value(loss(model, batch), index)
+                check_twice_differentiable(value, "grasp")
                 grads = torch.autograd.grad(value, tensors, create_graph=True, allow_unused=True)
                 z = sum((gi.to(gr.dtype) * gr).sum() for gi, gr in zip(g, grads) if gr is not None)
                 if not isinstance(z, Tensor) or not z.requires_grad:

@@ -37,7 +37,7 @@ from lightning_prune_init._quiet import quiet_run
 from lightning_prune_init.parameters import ParameterSelection
 from lightning_prune_init.scoring.losses import LossFn, check_loss_value
 
-__all__ = ["check_can_score", "check_scoring_input", "scoring_session", "second_order"]
+__all__ = ["check_can_score", "check_scoring_input", "check_twice_differentiable", "scoring_session", "second_order"]
 
 
 def check_can_score(
@@ -110,6 +110,44 @@ def scoring_session(
 
 
 _SECOND_ORDER_HINTS = ("derivative", "differentiat", "double backward")
+_ONCE_DIFFERENTIABLE = torch.autograd.function.once_differentiable(lambda ctx, *grads: None).__code__
+
+
+def _second_order_error(criterion: str, why: object) -> RuntimeError:
+    return RuntimeError(
+        f"criterion {criterion!r} needs second derivatives (a Hessian-gradient product), but this model cannot "
+        f"be differentiated twice: {why}. Attention already runs through the math SDPA kernel while scoring; "
+        "an operation without a double backward remains (a custom autograd Function, a fused kernel): use "
+        "another attention implementation (e.g. Hugging Face attn_implementation='eager'), or a criterion "
+        "that needs first derivatives only ('snip', 'iterative_snip', 'synflow')"
+    )
+
+
+def check_twice_differentiable(output: torch.Tensor, criterion: str) -> None:
+    """Refuse a graph holding a custom autograd Function whose backward is ``@once_differentiable``.
+
+    PyTorch differentiates such a graph twice *without* an error, dropping the Function's second-order terms
+    (measured on a tanh written as such a Function: ``Hg`` off by 25-90% of its largest entry), so a criterion
+    using ``Hg`` would be silently wrong. The graph of ``output`` is walked once.
+
+    Raises:
+        RuntimeError: naming ``criterion`` and the Function.
+
+    >>> x = torch.ones(2, requires_grad=True)
+    >>> check_twice_differentiable((x * x).sum(), "grasp")
+    """
+    seen: set[int] = set()
+    stack = [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        forward_cls = getattr(node, "_forward_cls", None)
+        if getattr(getattr(forward_cls, "backward", None), "__code__", None) is _ONCE_DIFFERENTIABLE:
+            raise _second_order_error(criterion, f"the custom autograd Function {forward_cls.__qualname__} has a "
+                                                 "@once_differentiable backward (PyTorch would drop its second-order terms)")
+        stack.extend(f for f, _ in node.next_functions)
 
 
 @contextlib.contextmanager
@@ -136,13 +174,7 @@ def second_order(criterion: str) -> Iterator[None]:
     except RuntimeError as error:
         if not any(hint in str(error).lower() for hint in _SECOND_ORDER_HINTS):
             raise
-        raise RuntimeError(
-            f"criterion {criterion!r} needs second derivatives (a Hessian-gradient product), but this model cannot "
-            f"be differentiated twice: {error}. Attention already runs through the math SDPA kernel while scoring; "
-            "an operation without a double backward remains (a custom autograd Function, a fused kernel): use "
-            "another attention implementation (e.g. Hugging Face attn_implementation='eager'), or a criterion "
-            "that needs first derivatives only ('snip', 'iterative_snip', 'synflow')"
-        ) from error
+        raise _second_order_error(criterion, error) from error
 
 
 def check_scoring_input(model: nn.Module, batch: Any, loss: LossFn) -> None:
