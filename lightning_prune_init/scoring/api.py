@@ -114,6 +114,12 @@ def criterion_masks(
 
     Raises:
         ValueError / TypeError: any bad argument, before scoring; then what the criterion raises.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    >>> scores, masks = criterion_masks(net, None, criterion="synflow", sparsity=0.5, scope="layerwise",
+    ...                                 criterion_options={"rounds": 2, "input_shape": (4,)})
+    >>> [int(m.sum()) for m in masks.values()]
+    [16, 12]
     """
     fn = get_criterion(criterion)
     options = check_criterion_options(fn, criterion_options)

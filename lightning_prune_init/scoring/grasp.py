@@ -66,6 +66,13 @@ def grasp(
     Raises:
         RuntimeError: the model cannot be differentiated twice (the message names the criterion), or scoring
             under ``torch.inference_mode()``.
+
+    >>> from lightning_prune_init.parameters import select_parameters
+    >>> from lightning_prune_init.scoring.losses import make_loss
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    >>> ctx = ScoringContext(loss=make_loss("label_free"))
+    >>> sorted(grasp(net, [torch.randn(6, 3)], select_parameters(net), ctx))
+    ['0.weight', '2.weight']
     """
     temperature = check_criterion_options(grasp, context.options)["temperature"]
     with_temperature = getattr(context.loss, "with_temperature", None)

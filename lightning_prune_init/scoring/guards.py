@@ -94,6 +94,12 @@ def scoring_session(
 
     Yields the names of the tensors whose ``requires_grad`` was switched on; each is switched off again on exit,
     also when the block raises.
+
+    >>> from lightning_prune_init.parameters import select_parameters
+    >>> net = torch.nn.Linear(2, 2)
+    >>> with scoring_session(net, select_parameters(net), "snip") as switched:
+    ...     switched, net.training
+    ([], False)
     """
     check_can_score(model, parameters, criterion, gradients=gradients)
     switched = [n for n, p in parameters.items() if gradients and not p.requires_grad]

@@ -53,6 +53,12 @@ def iterative_snip(
 
     Returns:
         ``{name: float32 scores}``, re-coded so that ``select_masks`` reproduces the final mask.
+
+    >>> from lightning_prune_init.parameters import select_parameters
+    >>> net = torch.nn.Linear(4, 3)
+    >>> ctx = ScoringContext(sparsity=0.5, options={"rounds": 2})
+    >>> iterative_snip(net, [(torch.randn(6, 4), torch.randint(0, 3, (6,)))], select_parameters(net), ctx)["weight"].dtype
+    torch.float32
     """
     rounds = check_criterion_options(iterative_snip, context.options)["rounds"]
     batches = batch_list(batches, "iterative_snip")

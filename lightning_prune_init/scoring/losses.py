@@ -203,6 +203,12 @@ class ScoringLoss:
         supervision: ``"labels"``, ``"label_free"`` or ``"data_free"``.
         loss_fn, logits_fn: the hook in use (at most one), or None.
         temperature: the logits are divided by it before the loss (GraSP's ``T``); 1 by default.
+
+    >>> net = torch.nn.Linear(4, 3)
+    >>> loss = make_loss("label_free").with_temperature(2.0)
+    >>> x = torch.randn(2, 4)
+    >>> torch.equal(loss.logits(net, x), net(x) / 2.0)
+    True
     """
 
     def __init__(

@@ -120,6 +120,10 @@ def noise_batches(
     Raises:
         TypeError: ``like`` is not a batch, or an argument of the wrong type.
         ValueError: token ids without ``vocab_size``, or an argument out of range.
+
+    >>> x, y = noise_batches((torch.zeros(4, 3), torch.arange(4)), batch_size=2, distribution="uniform")[0]
+    >>> x.shape, y
+    (torch.Size([2, 3]), tensor([0, 1]))
     """
     check_int("num_batches", num_batches, minimum=1)
     check_int("seed", seed)

@@ -28,7 +28,13 @@ __all__ = ["magnitude", "random_scores"]
 
 @register_criterion("magnitude", needs_data=False)
 def magnitude(model: nn.Module, batches: Any, parameters: ParameterSelection, context: ScoringContext) -> dict[str, Tensor]:
-    """``|θ|`` of every selected tensor (float32, or float64 for float64 weights). Uses no data."""
+    """``|θ|`` of every selected tensor (float32, or float64 for float64 weights). Uses no data.
+
+    >>> from lightning_prune_init.parameters import select_parameters
+    >>> net = torch.nn.Linear(2, 1).double()
+    >>> magnitude(net, None, select_parameters(net), ScoringContext())["weight"].dtype
+    torch.float64
+    """
     check_can_score(model, parameters, "magnitude", gradients=False)
     return {
         n: p.detach().abs().to(torch.float64 if p.dtype == torch.float64 else torch.float32)

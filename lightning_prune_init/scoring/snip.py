@@ -40,7 +40,12 @@ Labels = Literal["true", "uniform"]
 
 
 def batch_list(batches: Iterable[Any] | Tensor | None, criterion: str) -> list[Any]:
-    """``batches`` as a non-empty list (a single tensor is one batch); ``ValueError`` naming ``criterion`` if none."""
+    """``batches`` as a non-empty list (a single tensor or dict is one batch); ``ValueError`` naming ``criterion`` if
+    there is none.
+
+    >>> len(batch_list(torch.zeros(2, 3), "snip")), len(batch_list([(1, 2), (3, 4)], "snip"))
+    (1, 2)
+    """
     if batches is None:
         raise ValueError(f"criterion {criterion!r} needs scoring batches; got `batches=None`")
     batches = [batches] if isinstance(batches, (Tensor, dict)) else list(batches)
@@ -94,6 +99,12 @@ def sensitivity(
     The engine of :func:`connection_sensitivity` and of the ``snip``/``iterative_snip`` criteria: ``loss`` is
     built already (:func:`~lightning_prune_init.scoring.losses.make_loss`), ``reduce_fn`` is applied to the signed
     sums before the absolute value. See :func:`connection_sensitivity` for the rest.
+
+    >>> from lightning_prune_init.parameters import select_parameters
+    >>> net = torch.nn.Linear(4, 3)
+    >>> raw = sensitivity(net, [torch.randn(5, 4)], select_parameters(net), make_loss("label_free"), normalize=False)
+    >>> bool((raw["weight"] >= 0).all())
+    True
     """
     batches = batch_list(batches, criterion)
     names = list(parameters)
@@ -167,6 +178,11 @@ def connection_sensitivity(
         ValueError: no batches, a hook the labels cannot use, non-finite loss or scores, all-zero scores, or what
             :func:`~lightning_prune_init.parameters.as_selection` raises. The model is never modified.
         RuntimeError: called under ``torch.inference_mode()``.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    >>> scores = connection_sensitivity(net, torch.randn(16, 4), labels="uniform", parameters="0.weight")
+    >>> list(scores), round(float(scores["0.weight"].sum()), 5)
+    (['0.weight'], 1.0)
     """
     check_choice("labels", labels, ("true", "uniform"))
     check_bool("normalize", normalize)

@@ -200,6 +200,12 @@ def synflow(model: nn.Module, batches: Any, parameters: ParameterSelection, cont
     Raises:
         ScoringInputError: no probe can be made, or the output is neither a tensor nor has ``.logits``.
         ValueError: ``R`` is not finite, or no flow reaches the selection (the message says why).
+
+    >>> from lightning_prune_init.parameters import select_parameters
+    >>> tokens = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 3))  # ids -> logits
+    >>> ctx = ScoringContext(sparsity=0.5, options={"rounds": 1})
+    >>> synflow(tokens, [torch.zeros(2, 5, dtype=torch.long)], select_parameters(tokens), ctx)["1.weight"].shape
+    torch.Size([3, 4])
     """
     options = check_criterion_options(synflow, context.options)
     dtype = _DTYPES[options["dtype"]]
