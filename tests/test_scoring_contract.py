@@ -46,6 +46,11 @@ def own_logits(model, batch):
     return model(batch[0] if isinstance(batch, (tuple, list)) else batch)
 
 
+def own_criterion(model, batches, parameters, context):
+    """A user's criterion, never registered (importable by path)."""
+    return {n: p.detach().abs() * context.options.get("factor", 1.0) for n, p in parameters.items()}
+
+
 def _same(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
 
@@ -153,7 +158,7 @@ def test_criterion_options_are_checked_before_scoring():
     with pytest.raises(ValueError, match="takes no option"):  # the callback refuses at construction
         PruneAtInitCallback(0.9, criterion="synflow", criterion_options={"round": 3})
     # a criterion given by import path takes what it is given
-    assert check_criterion_options("tests.test_criteria.half_magnitude", {"anything": 1}) == {"anything": 1}
+    assert check_criterion_options("tests.test_scoring_contract.own_criterion", {"factor": 2}) == {"factor": 2}
     calls = []
 
     def spy(model, batches, parameters, context):
