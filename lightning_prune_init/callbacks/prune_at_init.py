@@ -42,9 +42,11 @@ from lightning_prune_init.masks import (
 )
 from lightning_prune_init.parameters import prunable_parameters
 from lightning_prune_init.scoring import (
+    check_criterion_options,
     criterion_masks,
     criterion_needs_data,
     get_criterion,
+    make_loss,
     noise_batches,
     resolve_callable,
 )
@@ -194,6 +196,7 @@ class PruneAtInitCallback(Callback):
         self._criterion_fn = get_criterion(criterion)
         if criterion_options is not None and not isinstance(criterion_options, dict):
             raise TypeError(f"`criterion_options` must be a dict, got {type(criterion_options).__name__}")
+        check_criterion_options(self._criterion_fn, criterion_options)
         _check_choice("on_missing_state", on_missing_state, ("from_weights", "error"))
         if init is not None:
             _check_choice("init", init, ("orthogonal", "delta-orthogonal", "vs-lecun", "vs-glorot", "vs-he"))
@@ -218,7 +221,8 @@ class PruneAtInitCallback(Callback):
         self.include = include
         self.exclude = exclude
         self.prune_biases = prune_biases
-        self.loss_fn = resolve_callable(loss_fn)
+        self.loss_fn = resolve_callable(loss_fn, "loss_fn")
+        make_loss(supervision, loss_fn=self.loss_fn)  # refuses e.g. label_free + loss_fn before anything changes
         self.noise_seed = noise_seed
         self.noise_distribution = noise_distribution
         self.noise_batch_size = noise_batch_size
@@ -293,12 +297,11 @@ class PruneAtInitCallback(Callback):
     def _prune(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.init is not None:
             generator = None if self.init_seed is None else torch.Generator().manual_seed(self.init_seed)
-            init_model_(pl_module, self.init, gain=self.init_gain, generator=generator)
+            init_model_(pl_module, self.init, gain=self.init_gain, zero_biases=True, generator=generator)
             _broadcast_parameters(trainer, pl_module)
         notify_prune_stage(trainer, pl_module, "after_init")
         fn = self._criterion_fn
         batches = self._scoring_batches(trainer, pl_module) if criterion_needs_data(fn) else self._shape_only(trainer, pl_module)
-        labels = "true" if self.supervision == "labels" else "uniform"
         reduce_fn = None
         if trainer.world_size > 1:
             def reduce_fn(t: Tensor) -> Tensor:
@@ -313,11 +316,9 @@ class PruneAtInitCallback(Callback):
             min_density=self.min_density,
             invert=self.ablation == "invert",
             on_layer_collapse="ignore",
-            labels=labels,
+            supervision=self.supervision,
             loss_fn=self.loss_fn,
-            include=self.include,
-            exclude=self.exclude,
-            prune_biases=self.prune_biases,
+            parameters=prunable_parameters(pl_module, self.include, self.exclude, self.prune_biases),
             reduce_fn=reduce_fn,
             generator=torch.Generator().manual_seed(self.seed),
             criterion_options=self.criterion_options,
