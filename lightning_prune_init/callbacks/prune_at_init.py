@@ -31,7 +31,7 @@ from lightning_prune_init import _compat
 from lightning_prune_init.ablations import random_masks_like, reinitialize_kept_, shuffle_masks
 from lightning_prune_init.init import init_model_
 from lightning_prune_init.isometry import IsometryReport, approximate_isometry
-from lightning_prune_init.masking import (
+from lightning_prune_init.masks import (
     apply_masks,
     attach_optimizers,
     detach_optimizers,
