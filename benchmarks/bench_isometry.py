@@ -74,6 +74,34 @@ def snip_masks(model: nn.Module, input_shape: tuple[int, ...], sparsity: float, 
     return masks
 
 
+def resnet18_pruned(sparsity: float = 0.9, seed: int = 0) -> tuple[nn.Module, dict]:
+    """torchvision resnet18 (``weights=None``: its own init, 1000 classes) pruned to ``sparsity`` by SNIP by hand:
+    global top-k of ``|grad · w|`` over the conv/linear weights, one batch of 16 seeded random 224x224 images,
+    random labels, cross-entropy, BN in eval mode. Masks are applied to the weights."""
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(weights=None)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((16, 3, 224, 224), generator=g)
+    y = torch.randint(0, 1000, (16,), generator=g)
+    weights = {n: p for n, p in model.named_parameters() if p.dim() > 1}
+    model.eval()
+    F.cross_entropy(model(x), y).backward()
+    scores = torch.cat([(p.grad * p).abs().flatten() for p in weights.values()])
+    keep = round(scores.numel() * (1 - sparsity))
+    flat = torch.zeros_like(scores, dtype=torch.bool)
+    flat[torch.topk(scores, keep).indices] = True
+    model.zero_grad(set_to_none=True)
+    masks, offset = {}, 0
+    with torch.no_grad():
+        for name, p in weights.items():
+            masks[name] = flat[offset : offset + p.numel()].view_as(p).clone()
+            p.mul_(masks[name])
+            offset += p.numel()
+    return model, masks
+
+
 def plain_loop(model: nn.Module, masks: dict, steps: int, lr: float = 0.1) -> tuple[float, dict[str, float]]:
     """The straightforward implementation: one layer after the other, autograd and torch.optim.SGD."""
     start = time.perf_counter()
