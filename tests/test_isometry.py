@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import lightning_prune_init.isometry as isometry
 from lightning_prune_init.init import init_model_
 from lightning_prune_init.isometry import (
     IsometryReport,
@@ -19,7 +18,9 @@ from lightning_prune_init.isometry import (
     best_possible_error,
     orthogonality_error,
     orthogonality_errors,
+    structural_rank,
 )
+from lightning_prune_init.parameters import select_parameters
 
 HIDDEN = [f"{i}.weight" for i in range(1, 6)]  # the 100x100 layers of MLP-7
 
@@ -78,10 +79,10 @@ def pruned_mlp7():
 
 @pytest.fixture(scope="module")
 def faithful_mlp7(pruned_mlp7):
-    """The faithful repair (defaults: SGD, lr 0.1, 10,000 steps, target I) of the pruned MLP-7."""
+    """The faithful repair (the authors' setting: SGD, lr 0.1, 10,000 steps, target I) of the pruned MLP-7."""
     model, masks = pruned_mlp7
     repaired = copy.deepcopy(model)
-    report = approximate_isometry(repaired, masks=masks, progress=False)
+    report = approximate_isometry(repaired, masks=masks, solver="sgd", progress=False)
     return repaired, report
 
 
@@ -133,11 +134,16 @@ def test_best_possible_error_cases():
     assert best_possible_error(square, hall, target="reachable") == pytest.approx(1.0)
 
 
-def test_structural_rank_fallback_matches_scipy():
+def test_structural_rank_fallback_matches_scipy(monkeypatch):
+    import sys
+
     g = _gen(4)
-    for rows, cols, density in [(20, 30, 0.05), (30, 20, 0.08), (40, 40, 0.03), (10, 50, 0.5)]:
-        mask = torch.rand(rows, cols, generator=g) < density
-        assert isometry._matching_size(mask) == isometry._structural_rank(mask)
+    cases = [torch.rand(rows, cols, generator=g) < density
+             for rows, cols, density in [(20, 30, 0.05), (30, 20, 0.08), (40, 40, 0.03), (10, 50, 0.5)]]
+    with_scipy = [structural_rank(mask) for mask in cases]
+    monkeypatch.setitem(sys.modules, "scipy.sparse.csgraph", None)  # the import fails: the plain matching runs
+    assert [structural_rank(mask) for mask in cases] == with_scipy
+    assert with_scipy != [min(m.shape) for m in cases]  # the masks are sparse enough to lose rank
 
 
 def test_best_possible_is_attained_by_a_matching():
@@ -201,7 +207,7 @@ def test_batched_sgd_equals_a_plain_per_layer_loop(pruned_mlp7):
     model, masks = pruned_mlp7
     model = copy.deepcopy(model).double()
     repaired = copy.deepcopy(model)
-    approximate_isometry(repaired, masks=masks, steps=100, progress=False)
+    approximate_isometry(repaired, masks=masks, solver="sgd", steps=100, progress=False)
     for name, mask in masks.items():
         w = model.get_parameter(name).detach().clone().requires_grad_(True)
         optimizer = torch.optim.SGD([w], lr=0.1)
@@ -299,7 +305,7 @@ def test_conv_nets_all_weights_repaired_bn_untouched(net, solver):
         assert layer.error_after >= layer.best_possible - 1e-4
         assert layer.error_after <= layer.error_before
     first = "features.0.weight" if net is _VGGish else "conv.weight"
-    c_out, fan_in = report.layers[first].c_out, report.layers[first].fan_in
+    c_out, fan_in = report.layers[first].rows, report.layers[first].cols
     if fan_in < c_out:  # 3·3·3 = 27 < 32 in the VGG: unreachable, best = sqrt(c_out - 27) with a dense enough mask
         assert first in report.unreachable()
     assert last_conv in report.unreachable()
@@ -328,7 +334,7 @@ def test_repair_needs_no_data_and_runs_no_forward():
 def test_tol_stops_each_layer_within_tol_of_its_best(pruned_mlp7):
     model, masks = pruned_mlp7
     repaired = copy.deepcopy(model)
-    report = approximate_isometry(repaired, masks=masks, tol=0.5, steps=3000, progress=False)
+    report = approximate_isometry(repaired, masks=masks, solver="sgd", tol=0.5, steps=3000, progress=False)
     stopped = [layer for layer in report.layers.values() if layer.steps < 3000]
     assert len(stopped) >= 5
     for layer in stopped:
@@ -352,7 +358,7 @@ def test_reachable_target_and_gain_on_a_wide_first_conv():
 def test_reachable_target_with_faithful_sgd():
     lin = nn.Linear(10, 40, bias=False)  # c_out 40 > fan_in 10
     init_model_(lin, "vs-lecun", generator=_gen(9))
-    report = approximate_isometry(lin, steps=3000, target="reachable", progress=False)
+    report = approximate_isometry(lin, solver="sgd", steps=3000, target="reachable", progress=False)
     assert report.layers["weight"].error_after < 0.3
     assert report.layers["weight"].error_before > 1.0
 
@@ -363,7 +369,7 @@ def test_cg_escapes_a_collapsed_singular_value():
     with torch.no_grad():
         lin.weight[3] = 0  # a stationary point of the error (a saddle), though the layer is dense
     sgd = copy.deepcopy(lin)
-    report = approximate_isometry(sgd, steps=200, progress=False)
+    report = approximate_isometry(sgd, solver="sgd", steps=200, progress=False)
     assert report.layers["weight"].error_after == pytest.approx(1.0, abs=1e-5)  # plain SGD stays at the saddle
     report = approximate_isometry(lin, solver="cg", progress=False)
     assert report.layers["weight"].error_after < 1e-3
@@ -407,33 +413,24 @@ def test_keyboard_interrupt_leaves_consistent_weights(monkeypatch, pruned_mlp7, 
             p = model.get_parameter(name)
             p.add_(0.01 * (~mask))
     original = {n: p.detach().clone() for n, p in model.named_parameters()}
-    calls = {"n": 0}
+    import tqdm.auto
 
-    def interrupt_in_the_hidden_batch(group):
-        if group.a.shape[0] == 5:  # the five 100x100 layers, solved after layer 0
-            calls["n"] += 1
-            if calls["n"] == 30:
+    real = tqdm.auto.tqdm
+
+    class InterruptInTheHiddenBatch(real):  # Ctrl-C arrives through the progress bar's first update of batch 2/3
+        def __init__(self, *args, **kwargs):
+            kwargs.update(disable=False, file=open("/dev/null", "w"))  # noqa: SIM115
+            super().__init__(*args, **kwargs)
+
+        def update(self, n=1):
+            if "2/3" in self.desc and n > 0:  # the five 100x100 layers, solved after layer 0
                 raise KeyboardInterrupt
+            return super().update(n)
 
-    if solver == "sgd":
-        real = isometry._sgd_step
-
-        def interrupted(group, *args, **kwargs):
-            interrupt_in_the_hidden_batch(group)
-            return real(group, *args, **kwargs)
-
-        monkeypatch.setattr(isometry, "_sgd_step", interrupted)
-    else:
-        real = isometry._ConjugateGradient.step
-
-        def interrupted(self, *args, **kwargs):
-            interrupt_in_the_hidden_batch(self.group)
-            return real(self, *args, **kwargs)
-
-        monkeypatch.setattr(isometry._ConjugateGradient, "step", interrupted)
+    monkeypatch.setattr(tqdm.auto, "tqdm", InterruptInTheHiddenBatch)
     with pytest.raises(KeyboardInterrupt), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        approximate_isometry(model, masks=masks, solver=solver, steps=2000, progress=False)
+        approximate_isometry(model, masks=masks, solver=solver, steps=2000, progress=True)
     assert any("interrupted" in str(w.message) for w in caught)
     changed = 0
     for name, p in model.named_parameters():
@@ -453,13 +450,13 @@ def test_keyboard_interrupt_leaves_consistent_weights(monkeypatch, pruned_mlp7, 
 # --- report, progress, masks from the model, errors -----------------------------------------------------------
 def test_report_metrics_table_and_dict(pruned_mlp7):
     model, masks = pruned_mlp7
-    report = approximate_isometry(copy.deepcopy(model), masks=masks, steps=10, progress=False)
+    report = approximate_isometry(copy.deepcopy(model), masks=masks, solver="sgd", steps=10, progress=False)
     metrics = report.metrics()
     assert metrics["isometry/error_before/1.weight"] == report.layers["1.weight"].error_before
     assert metrics["isometry/error_after/1.weight"] == report.layers["1.weight"].error_after
     assert metrics["isometry/error_after"] == pytest.approx(sum(x.error_after for x in report.layers.values()))
     as_dict = report.to_dict()
-    assert as_dict["layers"]["6.weight"]["c_out"] == 10 and as_dict["layers"]["6.weight"]["steps"] == 10
+    assert as_dict["layers"]["6.weight"]["rows"] == 10 and as_dict["layers"]["6.weight"]["steps"] == 10
     text = str(report)
     assert "1.weight" in text and "total" in text
     assert all(isinstance(x.time_s, float) and x.time_s >= 0 for x in report.layers.values())
@@ -516,11 +513,12 @@ def test_bad_arguments_leave_the_model_untouched():
         (dict(masks={"1.weight": torch.ones(100, 100)}), TypeError, "torch.bool"),
         (dict(masks={"1.weight": torch.ones(10, 10, dtype=torch.bool)}), ValueError, "shape"),
         (dict(masks={**good, "nope.weight": torch.ones(1, dtype=torch.bool)}), ValueError, "nope.weight"),
-        (dict(include="0.bias"), ValueError, "at least 2 dimensions"),
-        (dict(include="missing.*"), ValueError, "matches no parameter"),
+        (dict(parameters="missing.*"), ValueError, "matches no parameter"),
+        (dict(parameters=select_parameters(nn.Linear(2, 2))), ValueError, "another module"),
+        (dict(progress="yes"), TypeError, "`progress`"),
     ]
     for kwargs, error, message in cases:
         with pytest.raises(error, match=message):
-            approximate_isometry(model, progress=False, **kwargs)
+            approximate_isometry(model, **{"progress": False, **kwargs})
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
