@@ -77,12 +77,19 @@ def pruned_mlp7():
     return model, masks
 
 
+#: The faithful repair runs on every weight but the first: its [100, 784] Gram is 60% of the cost of 10,000 steps
+#: (the wide first conv layers of the conv-net tests below cover wide weights), and leaving it out checks on the way
+#: that an unselected weight stays bit-identical although it has a mask.
+REPAIRED = [f"{i}.weight" for i in range(1, 7)]
+
+
 @pytest.fixture(scope="module")
 def faithful_mlp7(pruned_mlp7):
-    """The faithful repair (the authors' setting: SGD, lr 0.1, 10,000 steps, target I) of the pruned MLP-7."""
+    """The authors' repair (SGD, lr 0.1, 10,000 steps, target I) of the pruned MLP-7, all weights but the first."""
     model, masks = pruned_mlp7
     repaired = copy.deepcopy(model)
-    report = approximate_isometry(repaired, masks=masks, solver="sgd", progress=False)
+    selection = select_parameters(repaired, exclude="0.*")
+    report = approximate_isometry(repaired, parameters=selection, masks=masks, solver="sgd", progress=False)
     return repaired, report
 
 
@@ -162,7 +169,9 @@ def test_faithful_repair_of_mlp7(pruned_mlp7, faithful_mlp7):
     repaired, report = faithful_mlp7
     assert isinstance(report, IsometryReport)
     assert (report.solver, report.target, report.steps, report.lr) == ("sgd", "identity", 10_000, 0.1)
-    assert list(report.layers) == [f"{i}.weight" for i in range(7)]
+    assert list(report.layers) == REPAIRED
+    assert report.notes == ("0.weight: has a mask but is not in the selection; not repaired",)
+    assert torch.equal(repaired.get_parameter("0.weight"), model.get_parameter("0.weight"))
     for name, layer in report.layers.items():
         assert layer.steps == 10_000
         assert layer.error_before == pytest.approx(_literal_error(model.get_parameter(name).detach(), None), rel=1e-4)
@@ -190,7 +199,8 @@ def test_cg_reaches_a_lower_objective_than_faithful_sgd(pruned_mlp7, faithful_ml
     model, masks = pruned_mlp7
     _, faithful = faithful_mlp7
     repaired = copy.deepcopy(model)
-    report = approximate_isometry(repaired, masks=masks, solver="cg", progress=False)
+    report = approximate_isometry(repaired, parameters=REPAIRED, masks=masks, solver="cg", progress=False)
+    assert list(report.layers) == REPAIRED
     assert report.error_after <= faithful.error_after
     for name, layer in report.layers.items():
         assert layer.error_after <= faithful.layers[name].error_after + 1e-6
