@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_prune_init._validation import check_bool, check_choice, check_int, check_number
+from lightning_prune_init.isometry.compact import Piece, join, split
 from lightning_prune_init.isometry.objective import (
     TARGETS,
     masked_matrices,
@@ -53,29 +54,30 @@ class _Weight:
         return min(self.rows, self.cols), max(self.rows, self.cols), p.device, work_dtype(p.dtype)
 
 
-def _batch(weights: Sequence[_Weight], target: str, gain: float) -> MatrixBatch:
-    """The matrices of ``weights`` stacked wide (a tall matrix transposed)."""
-    matrices, masks, constants, bests = [], [], [], []
+def _batch(weights: Sequence[_Weight], target: str, gain: float) -> tuple[MatrixBatch, list[list[Piece]]]:
+    """The matrices of ``weights`` reduced to their kept rows and columns (:mod:`.compact`) and stacked."""
+    pieces = []
     for w in weights:
         m = masked_matrices(w.param, w.mask, w.layout)
-        kept = torch.ones_like(m) if w.mask is None else w.layout.matrices(w.mask.to(m.device)).to(m.dtype)
-        tall = w.rows > w.cols
-        matrices.append(m.mT if tall else m)
-        masks.append(kept.mT if tall else kept)
-        constants += [gain**4 * (w.rows - w.cols) if target == "identity" and tall else 0.0] * w.groups
-        bests += w.bests
-    return MatrixBatch.stack(matrices, masks, constants, bests)
+        kept = None if w.mask is None else w.layout.matrices(w.mask.to(m.device))
+        pieces.append(split(m, kept, target, gain))
+    flat = [p for ps in pieces for p in ps]
+    layer_of = [i for i, ps in enumerate(pieces) for _ in ps]
+    bests = [b for w in weights for b in w.bests]
+    batch = MatrixBatch.stack([p.a for p in flat], [p.c for p in flat], [p.constant for p in flat], bests, layer_of,
+                              gain**2)
+    return batch, pieces
 
 
-def _write_back(batch: MatrixBatch, weights: Sequence[_Weight]) -> None:
+def _write_back(batch: MatrixBatch, weights: Sequence[_Weight], pieces: Sequence[Sequence[Piece]]) -> None:
     """Copy ``C ⊙ A`` into each weight in place, one copy per weight (a weight is always either entirely old or
     entirely new, and its pruned entries are 0 either way)."""
     start = 0
     with torch.no_grad():
-        for w in weights:
-            m = batch.a[start : start + w.groups] * batch.c[start : start + w.groups]
-            w.layout.copy_matrices_(w.param, m.mT if w.rows > w.cols else m)
-            start += w.groups
+        for w, ps in zip(weights, pieces):
+            values = [(batch.a[start + i] * batch.c[start + i])[: p.a.shape[0], : p.a.shape[1]] for i, p in enumerate(ps)]
+            w.layout.copy_matrices_(w.param, join(ps, values))
+            start += len(ps)
 
 
 def approximate_isometry(
@@ -139,8 +141,8 @@ def approximate_isometry(
     >>> net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Conv1d(4, 4, 3, groups=4))
     >>> mask = torch.rand(8, 8) < 0.5
     >>> report = approximate_isometry(net, masks={"0.weight": mask}, progress=False)
-    >>> [round(x.error_after, 4) for x in report.layers.values()], bool((net[0].weight[~mask] == 0).all())
-    ([0.0, 0.0], True)
+    >>> [x.error_after < 1e-3 for x in report.layers.values()], bool((net[0].weight[~mask] == 0).all())
+    ([True, True], True)
     >>> round(float(net[1].weight.detach().norm(dim=(1, 2)).min()), 4)  # depthwise: each channel's filter a unit vector
     1.0
     """
@@ -218,15 +220,17 @@ def _solve(
     times: dict[str, float] = {}
     batch: MatrixBatch | None = None
     current: list[_Weight] = []
+    pieces: list[list[Piece]] = []
     try:
         with torch.no_grad():
             for index, weights in enumerate(plan):
                 began = time.perf_counter()
-                current, batch = weights, _batch(weights, target, gain)
+                batch, pieces = _batch(weights, target, gain)
+                current = weights
                 _, k, wide = batch.a.shape
                 bar.set_description(f"approximate isometry {index + 1}/{len(plan)} [{k}x{wide}]x{len(batch.a)}")
                 _run(batch, solver, steps, lr, gain**2, tol, bar)
-                _write_back(batch, weights)
+                _write_back(batch, weights, pieces)
                 per_weight = torch.zeros_like(batch.layer_best, dtype=torch.long).scatter_reduce_(
                     0, batch.layer_of, batch.steps, "amax", include_self=False)
                 steps_taken.update(zip((w.name for w in weights), per_weight.tolist()))  # waits for the device
@@ -234,7 +238,7 @@ def _solve(
                 times.update((w.name, time.perf_counter() - began) for w in weights)
     except KeyboardInterrupt:
         if batch is not None:
-            _write_back(batch, current)
+            _write_back(batch, current, pieces)
         warnings.warn(
             "approximate_isometry was interrupted: the weights reached so far were written back (pruned entries "
             "are 0); weights not reached yet keep their pruned initial values",

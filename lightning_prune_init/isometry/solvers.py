@@ -14,7 +14,7 @@ batched matrix products. With ``E_b = A_b A_bᵀ − gain² I`` and ``C`` the ma
 
 Pruned entries are 0 in ``A`` and every update is masked, so they stay exactly 0.
 
->>> batch = MatrixBatch.stack([torch.tensor([[[2.0, 0.0], [0.0, 1.0]]])], [torch.ones(1, 2, 2)], [0.0], [0.0])
+>>> batch = MatrixBatch.stack([torch.tensor([[2.0, 0.0], [0.0, 1.0]])], [torch.ones(2, 2)], [0.0], [0.0], [0], 1.0)
 >>> batch.layer_errors(batch.squared_errors(1.0)[1]).tolist()
 [3.0]
 """
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["SOLVERS", "ConjugateGradient", "MatrixBatch", "line_minimum", "sgd_step"]
+__all__ = ["SOLVERS", "ConjugateGradient", "MatrixBatch", "dot", "line_minimum", "sgd_step"]
 
 #: Accepted values of ``approximate_isometry(solver=...)``: ``"cg"`` (default) and ``"sgd"`` (the authors').
 SOLVERS: tuple[str, ...] = ("cg", "sgd")
@@ -63,20 +63,31 @@ class MatrixBatch:
         masks: Sequence[Tensor],
         constants: Sequence[float],
         bests: Sequence[float],
+        layer_of: Sequence[int],
+        gain2: float,
     ) -> MatrixBatch:
-        """One batch from the wide matrices ``[G_w, k, L]`` of each weight ``w`` (masked) and their 0/1 masks,
-        with one constant and one lowest error per matrix (``sum(G_w)`` of each)."""
-        a = torch.cat(list(matrices)).contiguous()
-        counts = torch.tensor([len(m) for m in matrices], device=a.device)
-        layer_of = torch.repeat_interleave(torch.arange(len(matrices), device=a.device), counts)
+        """One batch from wide matrices ``[k_b, L_b]`` (masked), their 0/1 masks, one constant, one lowest error
+        and the index of its weight each. Matrices are padded with zeros to the largest ``k`` and ``L``: a zero
+        row adds exactly ``gain⁴`` to its squared error and nothing to any gradient, so ``constant`` is lowered by
+        that much per padding row."""
+        k = max(m.shape[0] for m in matrices)
+        wide = max(m.shape[1] for m in matrices)
+        a = matrices[0].new_zeros((len(matrices), k, wide))
+        c = torch.zeros_like(a)
+        for i, (m, mask) in enumerate(zip(matrices, masks)):
+            a[i, : m.shape[0], : m.shape[1]] = m
+            c[i, : m.shape[0], : m.shape[1]] = mask
+        padding = torch.tensor([k - m.shape[0] for m in matrices], device=a.device, dtype=a.dtype)
+        index = torch.tensor(list(layer_of), device=a.device, dtype=torch.long)
         best = torch.tensor(list(bests), device=a.device, dtype=a.dtype)
-        layer_best = torch.zeros(len(matrices), device=a.device, dtype=a.dtype).index_add_(0, layer_of, best**2).sqrt()
+        count = int(index.max()) + 1
+        layer_best = torch.zeros(count, device=a.device, dtype=a.dtype).index_add_(0, index, best**2).sqrt()
         return cls(
             a=a,
-            c=torch.cat(list(masks)).to(a.dtype).contiguous(),
-            constant=torch.tensor(list(constants), device=a.device, dtype=a.dtype),
+            c=c,
+            constant=torch.tensor(list(constants), device=a.device, dtype=a.dtype) - gain2**2 * padding,
             best=best,
-            layer_of=layer_of,
+            layer_of=index,
             layer_best=layer_best,
             steps=torch.zeros(len(a), device=a.device, dtype=torch.long),
         )
@@ -85,7 +96,7 @@ class MatrixBatch:
         """``(E, s)``: ``E = A Aᵀ − gain² I`` ``[B, k, k]`` and ``s = ‖E‖² + constant`` per matrix ``[B]``."""
         e = torch.bmm(self.a, self.a.mT)
         e.diagonal(dim1=-2, dim2=-1).sub_(gain2)
-        return e, e.pow(2).sum((-2, -1)) + self.constant
+        return e, dot(e, e) + self.constant
 
     def layer_errors(self, squared: Tensor) -> Tensor:
         """The error of each weight, ``sqrt(Σ_{its matrices} s)`` ``[W]``, from the per-matrix ``s`` ``[B]``."""
@@ -109,6 +120,16 @@ class MatrixBatch:
         """Freeze (in place) the matrices of ``active`` whose weight is within ``tol`` of its lowest error."""
         if tol is not None:
             active &= (layer_error - self.layer_best > tol)[self.layer_of]
+
+
+def dot(x: Tensor, y: Tensor) -> Tensor:
+    """``Σ x ⊙ y`` per batch entry of two contiguous ``[B, ...]`` tensors (one batched product, no temporary).
+
+    >>> dot(torch.ones(2, 3, 3), torch.full((2, 3, 3), 2.0)).tolist()
+    [18.0, 18.0]
+    """
+    n = len(x)
+    return torch.bmm(x.reshape(n, 1, -1), y.reshape(n, -1, 1)).reshape(n)
 
 
 def sgd_step(batch: MatrixBatch, lr: float, gain2: float, tol: float | None, active: Tensor) -> Tensor:
@@ -166,9 +187,11 @@ class ConjugateGradient:
     (recomputed from ``A`` every :attr:`refresh` steps and after a restart, against rounding drift).
 
     A matrix stops when (a) its weight is within ``tol`` of its lowest error, or, with ``tol=None``, when
-    the reducible part of its squared error, ``error² − best²``, is below the larger of
-    ``(20 · eps_float32 · gain² · k)²`` and ``64 · eps_float32 · error²`` (float32 rounding of the squared error:
-    no further progress can be measured); (b) a steepest-descent step no longer improves it; (c) at ``steps``.
+    its own error is within :attr:`close` ``· gain²`` (1e-4) of its lowest, or float32 rounding hides further
+    progress (``error² − best²`` below ``(20 · eps_float32 · gain² · k)²`` or ``64 · eps_float32 · error²``);
+    (b) a steepest-descent step no longer improves it, or the last :attr:`window` steps took less than
+    ``1 − ``:attr:`slow` (10%) off ``error² − best²`` (a crawl: sparse masks can make the last digits cost
+    thousands of steps); (c) at ``steps``.
 
     A sparse matrix sometimes stops at a spurious stationary point with a Gram eigenvalue stuck at 0 (a row
     starved of columns that other rows hold; escaping needs a coordinated move of many rows). The authors'
@@ -177,7 +200,7 @@ class ConjugateGradient:
     entry size of a ``gain``-orthogonal matrix of its density), at most :attr:`max_restarts` times, keeping its
     best iterate (:meth:`finish`). The global RNG is not used.
 
-    >>> batch = MatrixBatch.stack([torch.tensor([[[2.0, 0.0], [0.0, 0.5]]])], [torch.ones(1, 2, 2)], [0.0], [0.0])
+    >>> batch = MatrixBatch.stack([torch.tensor([[2.0, 0.0], [0.0, 0.5]])], [torch.ones(2, 2)], [0.0], [0.0], [0], 1.0)
     >>> cg, active = ConjugateGradient(batch, 1.0, None), torch.ones(1, dtype=torch.bool)
     >>> for _ in range(20):
     ...     _ = cg.step(None, active)
@@ -187,6 +210,9 @@ class ConjugateGradient:
 
     max_restarts = 4
     refresh = 10
+    close = 1e-4
+    window = 25
+    slow = 0.9
 
     def __init__(self, batch: MatrixBatch, gain2: float, tol: float | None) -> None:
         self.batch = batch
@@ -205,16 +231,22 @@ class ConjugateGradient:
         eps32 = torch.finfo(torch.float32).eps  # stop at single precision, whatever the dtype
         self.floor2 = (20 * eps32 * gain2 * k) ** 2 if tol is None else 0.0
         self.relative = 64 * eps32 if tol is None else 0.0
+        margin = self.close * gain2 if tol is None else 0.0
+        self.near2 = margin * (2 * batch.best + margin)  # error <= best + margin  <=>  error² − best² <= near2
+        self.checked = torch.full((size,), math.inf, dtype=torch.float64, device=a.device)  # error² − best² then
+        self.count = 0
         self.noise = 0.1 * math.sqrt(gain2) * torch.sqrt(k / batch.c.sum((-2, -1)).clamp_min(1.0))
         self.generator: torch.Generator | None = None
         self.e: Tensor | None = None  # E = A Aᵀ − gain² I of the current A
         self.age = 0
+        self.spare: Tensor | None = None  # the gradient buffer not in use
+        self.previous_norm = torch.zeros(size, dtype=a.dtype, device=a.device)
 
     def _gram_error(self) -> tuple[Tensor, Tensor]:
         if self.e is None or self.age >= self.refresh:
             self.e, _ = self.batch.squared_errors(self.gain2)
             self.age = 0
-        return self.e, self.e.pow(2).sum((-2, -1)) + self.batch.constant
+        return self.e, dot(self.e, self.e) + self.batch.constant
 
     def _start_again(self, which: Tensor, err: Tensor) -> None:
         """Remember the current iterate of the matrices ``which`` if it is their best, then restart them."""
@@ -232,6 +264,7 @@ class ConjugateGradient:
         a[which] = noise[which]
         self.restarts += which
         self.restart |= which
+        self.checked[which] = math.inf
         self.e = None
 
     def finish(self) -> None:
@@ -251,39 +284,44 @@ class ConjugateGradient:
         b.stop_met(err_layer, tol, active)
         err = squared.clamp_min(0).sqrt()
         reducible2 = (squared - b.best.pow(2)).clamp_min(0)
-        self.converged |= reducible2 <= torch.clamp_min(self.relative * squared, self.floor2)
-        grad = torch.bmm(e, a).mul_(b.c).mul_(4.0)  # d‖E‖²/dA, masked
+        self.converged |= reducible2 <= torch.clamp_min(self.relative * squared, self.floor2).maximum(self.near2)
+        # ‖E‖²'s gradient is 4 (E A) ⊙ C; the factor 4 is left out (the line search sets the step length)
+        grad = torch.bmm(e, a, out=self.spare).mul_(b.c)
+        self.spare = self.previous
         d = self.direction
+        gg = dot(grad, grad)
         if self.previous is None:
-            d.copy_(-grad)
+            torch.neg(grad, out=d)
             steepest = torch.ones_like(self.restart)
         else:
-            prev = self.previous
-            beta = (grad * (grad - prev)).sum((-2, -1)) / (prev * prev).sum((-2, -1)).clamp_min(
-                torch.finfo(a.dtype).tiny
-            )
+            beta = (gg - dot(grad, self.previous)) / self.previous_norm.clamp_min(torch.finfo(a.dtype).tiny)
             beta = torch.where(self.restart, 0.0, beta.clamp_min(0.0))
             d.mul_(beta[:, None, None]).sub_(grad)
-            uphill = (d * grad).sum((-2, -1)) >= 0
+            uphill = dot(d, grad) >= 0
             if bool(uphill.any()):
                 d[uphill] = -grad[uphill]
                 beta = torch.where(uphill, 0.0, beta)
             steepest = beta == 0
-        self.previous = grad
+        self.previous, self.previous_norm = grad, gg
         x = torch.bmm(a, d.mT)
-        s = x + x.mT
+        s = x.add_(x.mT.clone())
         q = torch.bmm(d, d.mT)
         f64 = torch.float64
         s0 = (squared - b.constant).to(f64)
-        c0 = 2 * (e * s).sum((-2, -1)).to(f64)
-        c1 = 2 * (s.pow(2).sum((-2, -1)) + 2 * (e * q).sum((-2, -1))).to(f64)
-        c2 = 6 * (s * q).sum((-2, -1)).to(f64)
-        c3 = 4 * q.pow(2).sum((-2, -1)).to(f64)
+        c0 = 2 * dot(e, s).to(f64)
+        c1 = 2 * (dot(s, s) + 2 * dot(e, q)).to(f64)
+        c2 = 6 * dot(s, q).to(f64)
+        c3 = 4 * dot(q, q).to(f64)
         t, p = line_minimum(s0, c0, c1, c2, c3)
         # no measurable progress on the reducible part of ‖E‖² (the part above its lowest possible value)
         reducible = (s0 - (b.best.to(f64) ** 2 - b.constant.to(f64))).clamp_min(0)
         stalled = (s0 - p) <= self.stall * torch.maximum(reducible, self.stall * s0)
-        stuck = stalled & steepest & ~self.converged
+        stuck = stalled & steepest
+        self.count += 1
+        if self.count % self.window == 0:  # a crawl counts as stuck
+            stuck |= reducible2.to(f64) > self.slow * self.checked
+            self.checked = reducible2.to(f64)
+        stuck &= ~self.converged
         far = reducible2.to(f64) > 0.5 * self.gain2**2
         again = stuck & far & (self.restarts < self.max_restarts) & active
         self.converged |= stuck & ~again
@@ -291,8 +329,8 @@ class ConjugateGradient:
         t = torch.where(stalled | ~active, 0.0, t).to(a.dtype)
         self.restart = stalled
         tt = t[:, None, None]
-        a.add_(d * tt)  # d is masked, so pruned entries stay 0
-        e.add_(s * tt).add_(q * (tt * tt))  # the Gram of the new A, from the products above
+        a.addcmul_(d, tt)  # d is masked, so pruned entries stay 0
+        e.addcmul_(s, tt).addcmul_(q, tt * tt)  # the Gram of the new A, from the products above
         b.flush_()
         self.age += 1
         if bool(again.any()):
