@@ -86,10 +86,10 @@ def test_depthwise_conv_reaches_unit_filters():
     assert torch.allclose(norms[kept], torch.ones(int(kept.sum())), atol=1e-4)  # power gain 1 per channel
     assert torch.all(w[~masks["0.weight"]] == 0) and torch.all(w[5] == 0)
     layer = report.layers["0.weight"]
-    assert (layer.kind, layer.groups, layer.rows, layer.cols) == ("conv", 16, 1, 9)
     assert layer.best_possible == pytest.approx(1.0)
     assert layer.error_after == pytest.approx(1.0, abs=1e-4)
     assert layer.error_after == pytest.approx(_literal(_dense_equivalent(w, 16).reshape(16, -1)), abs=1e-5)
+    assert (layer.kind, layer.groups, layer.rows, layer.cols) == ("conv", 16, 1, 9)
 
 
 def test_grouped_conv_repaired_per_group():
@@ -133,10 +133,10 @@ def test_attention_in_proj_repaired_as_three_blocks():
     w0 = model.attn.in_proj_weight.detach() * masks["attn.in_proj_weight"]
     report = approximate_isometry(model, masks=masks, solver="cg", progress=False)
     layer = report.layers["attn.in_proj_weight"]
-    assert (layer.kind, layer.groups, layer.rows, layer.cols) == ("blocks", 3, 8, 8)
     assert layer.error_before == pytest.approx(_blocks_error(w0, 3), rel=1e-5)
     w = model.attn.in_proj_weight.detach()
     assert layer.error_after == pytest.approx(_blocks_error(w, 3), abs=1e-5)
+    assert (layer.kind, layer.groups, layer.rows, layer.cols) == ("blocks", 3, 8, 8)
     for b, (block, mask) in enumerate(zip(w.chunk(3), masks["attn.in_proj_weight"].chunk(3))):
         if structural_rank(mask) == 8:  # query, key and value projections each orthogonal
             assert torch.allclose(block @ block.T, torch.eye(8), atol=1e-4), b
@@ -169,12 +169,12 @@ def test_transformers_conv1d_repaired_in_its_true_orientation(gpt2):
     for name in conv1d:
         layer, w, mask = report.layers[name], model.get_parameter(name).detach(), masks[name]
         n_in, n_out = w.shape  # transformers Conv1D stores [in, out]: the map is w.T, [out, in]
-        assert (layer.rows, layer.cols) == (n_out, n_in)
         assert layer.error_before == pytest.approx(_literal(pruned[name].T), rel=1e-5)
         assert layer.best_possible == pytest.approx(math.sqrt(n_out - structural_rank(mask)))
         assert layer.error_after == pytest.approx(_literal(w.T), abs=1e-4)
         assert layer.error_after == pytest.approx(layer.best_possible, abs=1e-3)
         assert torch.all(w[~mask] == 0)
+        assert (layer.rows, layer.cols) == (n_out, n_in)
     for name in ("transformer.h.0.mlp.c_proj.weight", "transformer.h.1.mlp.c_proj.weight"):  # [128, 32]: w.T wide
         w = model.get_parameter(name).detach()
         if report.layers[name].reachable:
