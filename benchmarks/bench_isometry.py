@@ -1,24 +1,33 @@
-"""Benchmark of the approximate isometry repair (METHOD.md §3), run by hand; results in docs/benchmarks_isometry.md.
+"""Benchmark of the approximate isometry repair, run by hand; results in docs/benchmarks_isometry.md.
 
-For each network (orthogonal init, SNIP to 90% sparsity by hand: global top-k of |grad·w| on one batch of
-random inputs with cross-entropy), side by side in one process:
+Small networks (``--nets``; orthogonal init, SNIP to 90% sparsity by hand: global top-k of |grad·w| on one
+batch of random inputs with cross-entropy), side by side in one process:
 
-1. ``loop``: a plain per-layer loop of the faithful SGD (autograd, ``torch.optim.SGD``, lr 0.1, the literal
+1. ``loop``: a plain per-layer loop of the authors' SGD (autograd, ``torch.optim.SGD``, lr 0.1, the literal
    ``‖(C⊙W)(C⊙W)ᵀ − I‖_F`` with the ``c_out x c_out`` Gram), 10,000 steps;
-2. ``sgd``: ``approximate_isometry`` defaults (the same SGD, same-shape layers batched), 10,000 steps;
-3. ``cg``: ``approximate_isometry(solver="cg")`` run to convergence;
-4. ``cg → faithful``: the smallest ``steps`` cap (1, 2, 4, ...) at which ``solver="cg"`` reaches a total
-   error at most the faithful 10,000-step total, and its time.
+2. ``sgd``: ``approximate_isometry(solver="sgd")`` (the same SGD, same-size matrices batched), 10,000 steps;
+3. ``cg``: ``approximate_isometry()`` defaults (conjugate gradient);
+4. ``cg → faithful``: the smallest ``steps`` cap (1, 2, 4, ...) at which ``"cg"`` reaches a total error at most
+   the faithful 10,000-step total, and its time.
+
+torchvision resnet18 (``--resnet18``; ``weights=None``, its own init, 1000 classes, 90% SNIP by hand, 2 threads
+in the docs): the defaults, as ``isometry=True`` runs them, timed (wall and CPU seconds) next to a few steps of
+the authors' SGD (per-step time, side by side under the same load), and against the objective of their full
+10,000-step SGD, which takes hours on 2 shared cores and is run once apart (``--resnet18-sgd LOG``, under
+``nice``) and read back from its log (``--sgd-log LOG``).
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_isometry.py    # MLP-7 and a 1/4-width VGG-11 with BN, 1 torch thread
+    .venv/bin/python benchmarks/bench_isometry.py                        # MLP-7 and VGG-11/4 + BN, 1 thread
+    nice -n 19 .venv/bin/python benchmarks/bench_isometry.py --threads 2 --resnet18-sgd sgd.jsonl   # hours
+    .venv/bin/python benchmarks/bench_isometry.py --threads 2 --resnet18 --sgd-log sgd.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import platform
 import statistics
@@ -53,10 +62,14 @@ def vgg11(width: int = 16) -> nn.Module:
     return nn.Sequential(*layers, *head)
 
 
-def snip_masks(model: nn.Module, input_shape: tuple[int, ...], sparsity: float, seed: int = 0) -> dict:
+def snip_masks(
+    model: nn.Module, input_shape: tuple[int, ...], sparsity: float, seed: int = 0, batch: int = 64, classes: int = 10
+) -> dict:
+    """SNIP by hand: global top-k of ``|grad · w|`` over the conv/linear weights, one batch of ``batch`` seeded random
+    inputs and labels, cross-entropy, BN in eval mode. The masks are applied to the weights."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn((64, *input_shape), generator=g)
-    y = torch.randint(0, 10, (64,), generator=g)
+    x = torch.randn((batch, *input_shape), generator=g)
+    y = torch.randint(0, classes, (batch,), generator=g)
     weights = {n: p for n, p in model.named_parameters() if p.dim() > 1}
     model.eval()
     F.cross_entropy(model(x), y).backward()
@@ -75,31 +88,13 @@ def snip_masks(model: nn.Module, input_shape: tuple[int, ...], sparsity: float, 
 
 
 def resnet18_pruned(sparsity: float = 0.9, seed: int = 0) -> tuple[nn.Module, dict]:
-    """torchvision resnet18 (``weights=None``: its own init, 1000 classes) pruned to ``sparsity`` by SNIP by hand:
-    global top-k of ``|grad · w|`` over the conv/linear weights, one batch of 16 seeded random 224x224 images,
-    random labels, cross-entropy, BN in eval mode. Masks are applied to the weights."""
+    """torchvision resnet18 (``weights=None``: its own init, 1000 classes) pruned to ``sparsity`` by :func:`snip_masks`
+    on one batch of 16 seeded random 224x224 images with random labels."""
     import torchvision
 
     torch.manual_seed(seed)
     model = torchvision.models.resnet18(weights=None)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn((16, 3, 224, 224), generator=g)
-    y = torch.randint(0, 1000, (16,), generator=g)
-    weights = {n: p for n, p in model.named_parameters() if p.dim() > 1}
-    model.eval()
-    F.cross_entropy(model(x), y).backward()
-    scores = torch.cat([(p.grad * p).abs().flatten() for p in weights.values()])
-    keep = round(scores.numel() * (1 - sparsity))
-    flat = torch.zeros_like(scores, dtype=torch.bool)
-    flat[torch.topk(scores, keep).indices] = True
-    model.zero_grad(set_to_none=True)
-    masks, offset = {}, 0
-    with torch.no_grad():
-        for name, p in weights.items():
-            masks[name] = flat[offset : offset + p.numel()].view_as(p).clone()
-            p.mul_(masks[name])
-            offset += p.numel()
-    return model, masks
+    return model, snip_masks(model, (3, 224, 224), sparsity, seed, batch=16, classes=1000)
 
 
 def plain_loop(model: nn.Module, masks: dict, steps: int, lr: float = 0.1) -> tuple[float, dict[str, float]]:
@@ -145,7 +140,7 @@ def bench(name: str, make, input_shape, steps: int, repeats: int) -> list[str]:
 
     rows = []
     loop_time, loop_errors = plain_loop(copy.deepcopy(model), masks, steps)
-    faithful = approximate_isometry(copy.deepcopy(model), masks=masks, steps=steps, progress=False)
+    faithful = approximate_isometry(copy.deepcopy(model), masks=masks, solver="sgd", steps=steps, progress=False)
     print(faithful, flush=True)
 
     cg_time, cg = timed(
@@ -159,12 +154,12 @@ def bench(name: str, make, input_shape, steps: int, repeats: int) -> list[str]:
         f"| {name} | plain per-layer loop, SGD lr 0.1 | {steps:,} | {loop_time:.2f} | {sum(loop_errors.values()):.4f} |"
     )
     rows.append(
-        f"| {name} | `approximate_isometry()` (faithful SGD, batched) | {steps:,} | {faithful.time_s:.2f} | "
+        f"| {name} | `approximate_isometry(solver=\"sgd\")` (faithful, batched) | {steps:,} | {faithful.time_s:.2f} | "
         f"{faithful.error_after:.4f} |"
     )
     max_cg_steps = max(x.steps for x in cg.layers.values())
     rows.append(
-        f"| {name} | `solver=\"cg\"` to convergence | ≤ {max_cg_steps} | {cg_time:.2f} | {cg.error_after:.4f} |"
+        f"| {name} | `approximate_isometry()` (cg, the default) | ≤ {max_cg_steps} | {cg_time:.2f} | {cg.error_after:.4f} |"
     )
 
     cap = 1  # time for cg to reach the faithful objective
@@ -190,22 +185,92 @@ def bench(name: str, make, input_shape, steps: int, repeats: int) -> list[str]:
     return rows
 
 
+def resnet18_sgd(log_path: str, steps: int = 10_000, chunk: int = 250) -> None:
+    """The authors' SGD on the pruned resnet18, ``steps`` steps in chunks (plain SGD has no state, so the chunks
+    add up to one run exactly), one JSON line per chunk: objective, wall and CPU seconds, load."""
+    model, masks = resnet18_pruned()
+    with open(log_path, "a") as log:
+        wall = cpu = 0.0
+        for done in range(chunk, steps + chunk, chunk):
+            w0, c0 = time.perf_counter(), time.process_time()
+            report = approximate_isometry(model, masks=masks, solver="sgd", steps=chunk, progress=False)
+            wall, cpu = wall + time.perf_counter() - w0, cpu + time.process_time() - c0
+            row = {"steps": done, "error_before": report.error_before, "error_after": report.error_after,
+                   "best_possible": report.best_possible, "wall_s": wall, "cpu_s": cpu, "load": os.getloadavg(),
+                   "threads": torch.get_num_threads()}
+            if done >= steps:
+                row["layers"] = {n: x.error_after for n, x in report.layers.items()}
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+
+
+def resnet18_rows(sgd_log: str | None, probe_steps: int) -> list[str]:
+    """The defaults (``isometry=True``) on the pruned resnet18 next to the authors' SGD."""
+    model, masks = resnet18_pruned()
+    load = os.getloadavg()
+    w0, c0 = time.perf_counter(), time.process_time()
+    cg = approximate_isometry(copy.deepcopy(model), masks=masks, progress=False)
+    cg_wall, cg_cpu = time.perf_counter() - w0, time.process_time() - c0
+    print(cg, flush=True)
+    w0, c0 = time.perf_counter(), time.process_time()
+    probe = approximate_isometry(copy.deepcopy(model), masks=masks, solver="sgd", steps=probe_steps, progress=False)
+    sgd_wall, sgd_cpu = (time.perf_counter() - w0) / probe_steps, (time.process_time() - c0) / probe_steps
+    load = tuple((a + b) / 2 for a, b in zip(load, os.getloadavg()))
+    rows = [
+        f"| resnet18 | `approximate_isometry()` (cg, the default; `isometry=True`) | ≤ {max(x.steps for x in cg.layers.values())} "
+        f"| {cg_wall:.1f} | {cg_cpu:.1f} | {cg.error_after:.4f} |",
+        f"| resnet18 | `solver=\"sgd\"`, {probe_steps} steps timed in the same run, × 10,000 / {probe_steps} | 10,000 "
+        f"| {sgd_wall * 10_000:.0f} | {sgd_cpu * 10_000:.0f} | |",
+    ]
+    if sgd_log:
+        with open(sgd_log) as f:
+            entries = [json.loads(line) for line in f if line.strip()]
+        last = [e for e in entries if "steps" in e][-1]
+        rows.append(f"| resnet18 | `solver=\"sgd\"` (the authors'), run apart under `nice -n 19` | {last['steps']:,} "
+                    f"| {last['wall_s']:.0f} | {last['cpu_s']:.0f} | {last['error_after']:.4f} |")
+        for e in entries:
+            if e.get("steps") in (250, 1000, 2500, 5000, 7500):
+                rows.append(f"| resnet18 | (the same run after {e['steps']:,} steps) | {e['steps']:,} | {e['wall_s']:.0f} "
+                            f"| {e['cpu_s']:.0f} | {e['error_after']:.4f} |")
+        if "layers" in last:
+            print("\n| resnet18 layer | matrices | density | before | authors' sgd | cg (default) | best |")
+            print("|---|---|---:|---:|---:|---:|---:|")
+            for name, x in cg.layers.items():
+                star = "" if x.reachable else "*"
+                print(f"| {name} | {x.matrices} | {x.density:.2%} | {x.error_before:.4f} | {last['layers'][name]:.4f} "
+                      f"| {x.error_after:.4f} | {x.best_possible:.4f}{star} |")
+    rows.append(f"| resnet18 | (error before {cg.error_before:.4f}; best possible {cg.best_possible:.4f}; load "
+                f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}) | | | | |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--vgg-width", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the cg timings (median)")
+    parser.add_argument("--resnet18", action="store_true", help="the resnet18 rows instead of MLP-7 and VGG")
+    parser.add_argument("--sgd-log", help="the log of --resnet18-sgd to read the authors' objective from")
+    parser.add_argument("--probe-steps", type=int, default=20, help="SGD steps timed next to cg on resnet18")
+    parser.add_argument("--resnet18-sgd", metavar="LOG", help="run the authors' 10,000-step SGD on resnet18, logging")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"{torch.get_num_threads()} torch threads, float32"
+        f"{torch.get_num_threads()} torch threads, float32, load {os.getloadavg()}"
     )
-    rows = ["| net | method | steps | time (s) | Σ error after |", "|---|---|---:|---:|---:|"]
-    rows += bench("MLP-7", mlp7, (1, 28, 28), args.steps, args.repeats)
-    vgg_name = f"VGG-11/{64 // args.vgg_width} + BN"
-    rows += bench(vgg_name, lambda: vgg11(args.vgg_width), (3, 32, 32), args.steps, args.repeats)
+    if args.resnet18_sgd:
+        resnet18_sgd(args.resnet18_sgd, args.steps)
+        return
+    if args.resnet18:
+        rows = ["| net | method | steps | time (s) | CPU time (s) | Σ error after |", "|---|---|---:|---:|---:|---:|"]
+        rows += resnet18_rows(args.sgd_log, args.probe_steps)
+    else:
+        rows = ["| net | method | steps | time (s) | Σ error after |", "|---|---|---:|---:|---:|"]
+        rows += bench("MLP-7", mlp7, (1, 28, 28), args.steps, args.repeats)
+        vgg_name = f"VGG-11/{64 // args.vgg_width} + BN"
+        rows += bench(vgg_name, lambda: vgg11(args.vgg_width), (3, 32, 32), args.steps, args.repeats)
     print("\n" + "\n".join(rows))
 
 
