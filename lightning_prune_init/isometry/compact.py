@@ -54,20 +54,21 @@ class Piece:
     shape: tuple[int, int]
 
 
-def split(matrices: Tensor, kept: Tensor | None, target: str, gain: float) -> list[Piece]:
+def split(matrices: Tensor, kept: Tensor | None, target: str, gain: float, compact: bool = True) -> list[Piece]:
     """The :class:`Piece` of each matrix of ``matrices`` ``[G, rows, cols]`` (masked values) under the bool mask
-    ``kept`` (same shape; ``None``: dense)."""
+    ``kept`` (same shape; ``None``: dense). ``compact=False`` keeps every row and column (only the orientation
+    changes), so the arithmetic of the solver is that of the whole matrix."""
     _, r, c = matrices.shape
     gram_on_cols = target == "reachable" and r > c
     pieces = []
     for g in range(len(matrices)):
         o = matrices[g].mT if gram_on_cols else matrices[g]
         s, t = o.shape
-        if kept is None:
+        k = None if kept is None else (kept[g].mT if gram_on_cols else kept[g])
+        if k is None or not compact:
             rows = cols = None
-            p, cp = o, torch.ones_like(o)
+            p, cp = o, (torch.ones_like(o) if k is None else k.to(o.dtype))
         else:
-            k = kept[g].mT if gram_on_cols else kept[g]
             rows, cols = k.any(1).nonzero().flatten(), k.any(0).nonzero().flatten()
             p = o[rows][:, cols]
             cp = k[rows][:, cols].to(o.dtype)

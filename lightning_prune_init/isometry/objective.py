@@ -100,11 +100,7 @@ def masked_matrices(weight: Tensor, mask: Tensor | None, layout: MatrixLayout | 
 
 
 def orthogonality_error(
-    weight: Tensor,
-    mask: Tensor | None = None,
-    *,
-    layout: MatrixLayout | None = None,
-    target: str = "identity",
+    weight: Tensor, mask: Tensor | None = None, *, layout: MatrixLayout | None = None, target: str = "identity",
     gain: float = 1.0,
 ) -> Tensor:
     """The isometry error ``sqrt(Σ_g ‖M_g M_gᵀ − gain² I‖_F²)`` of the matrices ``M_g`` of ``C ⊙ W``.
@@ -234,11 +230,7 @@ def matrix_best_errors(
 
 
 def best_possible_error(
-    weight: Tensor,
-    mask: Tensor | None = None,
-    *,
-    layout: MatrixLayout | None = None,
-    target: str = "identity",
+    weight: Tensor, mask: Tensor | None = None, *, layout: MatrixLayout | None = None, target: str = "identity",
     gain: float = 1.0,
 ) -> float:
     """The lowest :func:`orthogonality_error` any weight of this shape, layout and mask can have.

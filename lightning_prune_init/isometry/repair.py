@@ -54,13 +54,13 @@ class _Weight:
         return min(self.rows, self.cols), max(self.rows, self.cols), p.device, work_dtype(p.dtype)
 
 
-def _batch(weights: Sequence[_Weight], target: str, gain: float) -> tuple[MatrixBatch, list[list[Piece]]]:
-    """The matrices of ``weights`` reduced to their kept rows and columns (:mod:`.compact`) and stacked."""
+def _batch(weights: Sequence[_Weight], target: str, gain: float, compact: bool) -> tuple[MatrixBatch, list[list[Piece]]]:
+    """The matrices of ``weights``, reduced to their kept rows and columns if ``compact`` (:mod:`.compact`), stacked."""
     pieces = []
     for w in weights:
         m = masked_matrices(w.param, w.mask, w.layout)
         kept = None if w.mask is None else w.layout.matrices(w.mask.to(m.device))
-        pieces.append(split(m, kept, target, gain))
+        pieces.append(split(m, kept, target, gain, compact))
     flat = [p for ps in pieces for p in ps]
     layer_of = [i for i, ps in enumerate(pieces) for _ in ps]
     bests = [b for w in weights for b in w.bests]
@@ -225,7 +225,9 @@ def _solve(
         with torch.no_grad():
             for index, weights in enumerate(plan):
                 began = time.perf_counter()
-                batch, pieces = _batch(weights, target, gain)
+                # the authors' SGD runs on whole matrices: the same arithmetic as before, to the bit, so the
+                # reproduction tables do not move; cg drops the rows and columns with no kept entry
+                batch, pieces = _batch(weights, target, gain, compact=solver == "cg")
                 current = weights
                 _, k, wide = batch.a.shape
                 bar.set_description(f"approximate isometry {index + 1}/{len(plan)} [{k}x{wide}]x{len(batch.a)}")

@@ -95,20 +95,23 @@ class IsometryReport:
     time_s: float = 0.0
     notes: tuple[str, ...] = ()
 
+    def _total(self, attribute: str) -> float:
+        return sum(getattr(x, attribute) for x in self.layers.values())
+
     @property
     def error_before(self) -> float:
         """Σ of the weights' errors before the repair."""
-        return sum(x.error_before for x in self.layers.values())
+        return self._total("error_before")
 
     @property
     def error_after(self) -> float:
         """Σ of the weights' errors after the repair (SPP's objective)."""
-        return sum(x.error_after for x in self.layers.values())
+        return self._total("error_after")
 
     @property
     def best_possible(self) -> float:
         """Σ of the weights' lowest possible errors."""
-        return sum(x.best_possible for x in self.layers.values())
+        return self._total("best_possible")
 
     def unreachable(self) -> list[str]:
         """Names of the weights whose mask does not allow an error of 0."""

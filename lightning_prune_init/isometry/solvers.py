@@ -110,8 +110,10 @@ class MatrixBatch:
         replaced by a new tensor).
 
         Entries that decay toward 0 would otherwise pass through the subnormal range, where every CPU matrix
-        product slows down several times (measured 3x on the authors' SGD); their products with entries of size
-        <= 1 are below the dtype's resolution, so the error and its gradient do not change measurably.
+        product slows down several times; their products with entries of size <= 1 are below the dtype's
+        resolution, so the error and its gradient do not change measurably. (The authors' SGD does not flush:
+        it keeps the arithmetic of the first implementation to the bit; ``torch.set_flush_denormal(True)`` around
+        it gives the speed at the cost of the last bits.)
         """
         info = torch.finfo(self.a.dtype)
         self.a = torch.nn.functional.hardshrink(self.a, math.sqrt(info.tiny / info.eps))  # one fused pass
@@ -135,18 +137,21 @@ def dot(x: Tensor, y: Tensor) -> Tensor:
 def sgd_step(batch: MatrixBatch, lr: float, gain2: float, tol: float | None, active: Tensor) -> Tensor:
     """One plain SGD step on the unsquared error of each weight; returns the weights' errors before it ``[W]``.
 
-    ``∂ sqrt(Σ_g ‖E_g‖² + const) / ∂A_b = 2 E_b A_b / error`` (``E`` symmetric), masked. Where the error is 0,
-    ``E`` is 0 and so is the step.
+    ``∂ sqrt(Σ_g ‖E_g‖² + const) / ∂A_b = 2 E_b A_b / error`` (``E`` symmetric), masked; 0 where the error is 0.
+    The operations and their order are those of the first implementation (the reproduction tables depend on the
+    last bits: near its minimum the unsquared SGD oscillates and amplifies rounding differences).
     """
-    e, squared = batch.squared_errors(gain2)
-    err = batch.layer_errors(squared)
+    e = torch.bmm(batch.a, batch.a.mT)
+    e.diagonal(dim1=-2, dim2=-1).sub_(gain2)
+    err = batch.layer_errors(e.pow(2).sum((-2, -1)) + batch.constant)
     batch.stop_met(err, tol, active)
-    scale = err.clamp_min(torch.finfo(err.dtype).tiny).reciprocal_().mul_(-2.0 * lr)[batch.layer_of]
+    per_matrix = err[batch.layer_of]
+    scale = torch.where(per_matrix > 0, -2.0 * lr / per_matrix.clamp_min(torch.finfo(err.dtype).tiny), 0.0)
     if tol is not None:
         scale = scale * active
-    e.mul_(scale[:, None, None])  # scale the k x k factor, not the k x L product
-    batch.a.addcmul_(torch.bmm(e, batch.a), batch.c)
-    batch.flush_()
+    update = torch.bmm(e, batch.a)
+    update.mul_(batch.c).mul_(scale[:, None, None])
+    batch.a.add_(update)
     return err
 
 
