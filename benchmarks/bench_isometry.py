@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import fnmatch
 import json
 import os
 import platform
@@ -39,6 +40,7 @@ from torch import nn
 
 from lightning_prune_init.init import init_model_
 from lightning_prune_init.isometry import approximate_isometry, orthogonality_error
+from lightning_prune_init.parameters import select_parameters
 
 
 def mlp7() -> nn.Module:
@@ -185,23 +187,44 @@ def bench(name: str, make, input_shape, steps: int, repeats: int) -> list[str]:
     return rows
 
 
+#: The weights of resnet18 in the groups the authors' SGD is run in (cheapest first: the SGD of each weight
+#: depends on that weight alone, so groups run apart give the errors of one run of all).
+RESNET18_GROUPS = {"conv1, layer1, layer2, fc": ("conv1.*", "layer1.*", "layer2.*", "fc.*"),
+                   "layer3": ("layer3.*",), "layer4": ("layer4.*",)}
+
+
 def resnet18_sgd(log_path: str, steps: int = 10_000, chunk: int = 250) -> None:
-    """The authors' SGD on the pruned resnet18, ``steps`` steps in chunks (plain SGD has no state, so the chunks
-    add up to one run exactly), one JSON line per chunk: objective, wall and CPU seconds, load."""
+    """The authors' SGD on the pruned resnet18, ``steps`` steps, group by group (:data:`RESNET18_GROUPS`) in chunks
+    (plain SGD has no state, so the chunks add up to one run exactly), one JSON line per chunk: the group's errors,
+    wall and CPU seconds, load; per weight at the end."""
     model, masks = resnet18_pruned()
     with open(log_path, "a") as log:
-        wall = cpu = 0.0
-        for done in range(chunk, steps + chunk, chunk):
-            w0, c0 = time.perf_counter(), time.process_time()
-            report = approximate_isometry(model, masks=masks, solver="sgd", steps=chunk, progress=False)
-            wall, cpu = wall + time.perf_counter() - w0, cpu + time.process_time() - c0
-            row = {"steps": done, "error_before": report.error_before, "error_after": report.error_after,
-                   "best_possible": report.best_possible, "wall_s": wall, "cpu_s": cpu, "load": os.getloadavg(),
-                   "threads": torch.get_num_threads()}
-            if done >= steps:
-                row["layers"] = {n: x.error_after for n, x in report.layers.items()}
-            log.write(json.dumps(row) + "\n")
-            log.flush()
+        for group, patterns in RESNET18_GROUPS.items():
+            wall = cpu = 0.0
+            selection = select_parameters(model, include=list(patterns))
+            for done in range(chunk, steps + chunk, chunk):
+                w0, c0 = time.perf_counter(), time.process_time()
+                report = approximate_isometry(model, parameters=selection, masks=masks, solver="sgd", steps=chunk,
+                                              progress=False)
+                wall, cpu = wall + time.perf_counter() - w0, cpu + time.process_time() - c0
+                row = {"group": group, "steps": done, "error_before": report.error_before,
+                       "error_after": report.error_after, "best_possible": report.best_possible, "wall_s": wall,
+                       "cpu_s": cpu, "load": os.getloadavg(), "threads": torch.get_num_threads()}
+                if done >= steps:
+                    row["layers"] = {n: x.error_after for n, x in report.layers.items()}
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+
+
+def read_sgd_log(path: str) -> dict[str, dict]:
+    """The last line of each group of a :func:`resnet18_sgd` log."""
+    last: dict[str, dict] = {}
+    with open(path) as f:
+        for line in f:
+            entry = json.loads(line)
+            if "group" in entry:
+                last[entry["group"]] = entry
+    return last
 
 
 def resnet18_rows(sgd_log: str | None, probe_steps: int) -> list[str]:
@@ -213,32 +236,32 @@ def resnet18_rows(sgd_log: str | None, probe_steps: int) -> list[str]:
     cg_wall, cg_cpu = time.perf_counter() - w0, time.process_time() - c0
     print(cg, flush=True)
     w0, c0 = time.perf_counter(), time.process_time()
-    probe = approximate_isometry(copy.deepcopy(model), masks=masks, solver="sgd", steps=probe_steps, progress=False)
+    approximate_isometry(copy.deepcopy(model), masks=masks, solver="sgd", steps=probe_steps, progress=False)
     sgd_wall, sgd_cpu = (time.perf_counter() - w0) / probe_steps, (time.process_time() - c0) / probe_steps
     load = tuple((a + b) / 2 for a, b in zip(load, os.getloadavg()))
     rows = [
         f"| resnet18 | `approximate_isometry()` (cg, the default; `isometry=True`) | ≤ {max(x.steps for x in cg.layers.values())} "
         f"| {cg_wall:.1f} | {cg_cpu:.1f} | {cg.error_after:.4f} |",
-        f"| resnet18 | `solver=\"sgd\"`, {probe_steps} steps timed in the same run, × 10,000 / {probe_steps} | 10,000 "
+        f"| resnet18 | `solver=\"sgd\"`: {probe_steps} steps timed in the same run, × 10,000 / {probe_steps} | 10,000 "
         f"| {sgd_wall * 10_000:.0f} | {sgd_cpu * 10_000:.0f} | |",
     ]
-    if sgd_log:
-        with open(sgd_log) as f:
-            entries = [json.loads(line) for line in f if line.strip()]
-        last = [e for e in entries if "steps" in e][-1]
-        rows.append(f"| resnet18 | `solver=\"sgd\"` (the authors'), run apart under `nice -n 19` | {last['steps']:,} "
-                    f"| {last['wall_s']:.0f} | {last['cpu_s']:.0f} | {last['error_after']:.4f} |")
-        for e in entries:
-            if e.get("steps") in (250, 1000, 2500, 5000, 7500):
-                rows.append(f"| resnet18 | (the same run after {e['steps']:,} steps) | {e['steps']:,} | {e['wall_s']:.0f} "
-                            f"| {e['cpu_s']:.0f} | {e['error_after']:.4f} |")
-        if "layers" in last:
-            print("\n| resnet18 layer | matrices | density | before | authors' sgd | cg (default) | best |")
-            print("|---|---|---:|---:|---:|---:|---:|")
-            for name, x in cg.layers.items():
-                star = "" if x.reachable else "*"
-                print(f"| {name} | {x.matrices} | {x.density:.2%} | {x.error_before:.4f} | {last['layers'][name]:.4f} "
-                      f"| {x.error_after:.4f} | {x.best_possible:.4f}{star} |")
+    groups = read_sgd_log(sgd_log) if sgd_log else {}
+    done = {g: e for g, e in groups.items() if "layers" in e}
+    for group, e in groups.items():
+        names = [n for n in cg.layers if any(fnmatch.fnmatchcase(n, p) for p in RESNET18_GROUPS[group])]
+        mine = sum(cg.layers[n].error_after for n in names)
+        rows.append(f"| resnet18 {group} | `solver=\"sgd\"` (the authors'), run apart under `nice -n 19` | "
+                    f"{e['steps']:,} | {e['wall_s']:.0f} | {e['cpu_s']:.0f} | {e['error_after']:.4f} (cg: {mine:.4f}) |")
+    if len(done) == len(RESNET18_GROUPS):
+        total = sum(e["error_after"] for e in done.values())
+        rows.append(f"| resnet18 | `solver=\"sgd\"` (the authors'), all groups | 10,000 | | | {total:.4f} |")
+    sgd_layers = {n: v for e in done.values() for n, v in e["layers"].items()}
+    print("\n| resnet18 layer | matrices | density | before | authors' sgd | cg (default) | best |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name, x in cg.layers.items():
+        sgd = f"{sgd_layers[name]:.4f}" if name in sgd_layers else ""
+        print(f"| {name} | {x.matrices} | {x.density:.2%} | {x.error_before:.4f} | {sgd} | {x.error_after:.4f} "
+              f"| {x.best_possible:.4f}{'' if x.reachable else '*'} |")
     rows.append(f"| resnet18 | (error before {cg.error_before:.4f}; best possible {cg.best_possible:.4f}; load "
                 f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}) | | | | |")
     return rows
