@@ -106,8 +106,7 @@ class MatrixBatch:
         return total.clamp_min(0).sqrt()
 
     def flush_(self) -> None:
-        """Set the entries of ``A`` below ``sqrt(tiny / eps)`` of its dtype (3e-16 in float32) to exactly 0 (``a`` is
-        replaced by a new tensor).
+        """Set the entries of ``A`` below ``sqrt(tiny / eps)`` of its dtype (3e-16 in float32) to exactly 0, in place.
 
         Entries that decay toward 0 would otherwise pass through the subnormal range, where every CPU matrix
         product slows down several times; their products with entries of size <= 1 are below the dtype's
@@ -116,7 +115,7 @@ class MatrixBatch:
         it gives the speed at the cost of the last bits.)
         """
         info = torch.finfo(self.a.dtype)
-        self.a = torch.nn.functional.hardshrink(self.a, math.sqrt(info.tiny / info.eps))  # one fused pass
+        self.a.copy_(torch.nn.functional.hardshrink(self.a, math.sqrt(info.tiny / info.eps)))
 
     def stop_met(self, layer_error: Tensor, tol: float | None, active: Tensor) -> None:
         """Freeze (in place) the matrices of ``active`` whose weight is within ``tol`` of its lowest error."""
@@ -189,7 +188,8 @@ class ConjugateGradient:
 
     Along a direction ``D`` the Gram is ``A Aᵀ + t (A Dᵀ + D Aᵀ) + t² D Dᵀ``, so the squared error is a quartic
     in ``t`` (:func:`line_minimum`), and the next Gram follows from the products the line search already took
-    (recomputed from ``A`` every :attr:`refresh` steps and after a restart, against rounding drift).
+    (recomputed from ``A`` every :attr:`refresh` steps and after a restart, against rounding drift; entries of
+    ``A`` near the subnormal range are flushed then, :meth:`MatrixBatch.flush_`).
 
     A matrix stops when (a) its weight is within ``tol`` of its lowest error, or, with ``tol=None``, when
     its own error is within :attr:`close` ``· gain²`` (1e-4) of its lowest, or float32 rounding hides further
@@ -249,6 +249,7 @@ class ConjugateGradient:
 
     def _gram_error(self) -> tuple[Tensor, Tensor]:
         if self.e is None or self.age >= self.refresh:
+            self.batch.flush_()
             self.e, _ = self.batch.squared_errors(self.gain2)
             self.age = 0
         return self.e, dot(self.e, self.e) + self.batch.constant
@@ -336,7 +337,6 @@ class ConjugateGradient:
         tt = t[:, None, None]
         a.addcmul_(d, tt)  # d is masked, so pruned entries stay 0
         e.addcmul_(s, tt).addcmul_(q, tt * tt)  # the Gram of the new A, from the products above
-        b.flush_()
         self.age += 1
         if bool(again.any()):
             self._start_again(again, err)
