@@ -32,7 +32,7 @@ __all__ = ["Piece", "join", "split"]
 
 @dataclass
 class Piece:
-    """One matrix reduced to its kept rows and columns.
+    """One matrix reduced to its kept rows and columns (made by :func:`split`, undone by :func:`join`).
 
     Attributes:
         a: ``[k, L]`` (``k <= L``), the kept values.
@@ -81,7 +81,13 @@ def split(matrices: Tensor, kept: Tensor | None, target: str, gain: float, compa
 
 def join(pieces: Sequence[Piece], values: Sequence[Tensor]) -> Tensor:
     """The full matrices ``[G, rows, cols]`` with the kept rows and columns taken from ``values`` (``a``-shaped,
-    one per piece) and 0 elsewhere."""
+    one per piece) and 0 elsewhere.
+
+    >>> kept = torch.tensor([[[True, False], [False, False]]])
+    >>> pieces = split(2 * kept.float(), kept, "identity", 1.0)
+    >>> join(pieces, [p.a for p in pieces]).tolist()
+    [[[2.0, 0.0], [0.0, 0.0]]]
+    """
     out = []
     for piece, v in zip(pieces, values):
         p = v.mT if piece.flipped else v

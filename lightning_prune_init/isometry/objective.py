@@ -64,7 +64,11 @@ def work_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def check_layout(layout: Any, shape: torch.Size | tuple[int, ...], argument: str = "layout") -> MatrixLayout:
-    """``layout`` (``None``: :data:`PLAIN`) if it gives matrices for ``shape``, else ``TypeError``/``ValueError``."""
+    """``layout`` (``None``: :data:`PLAIN`) if it gives matrices for ``shape``, else ``TypeError``/``ValueError``.
+
+    >>> check_layout(None, (4, 3)).kind
+    'matrix'
+    """
     if layout is None:
         layout = PLAIN
     if not isinstance(layout, MatrixLayout):
@@ -136,6 +140,9 @@ def squared_errors(matrices: Tensor, target: str, gain: float) -> Tensor:
 
     ``‖M Mᵀ − g² I_r‖² = ‖Mᵀ M − g² I_c‖² + g⁴ (r − c)`` when ``c < r``: same value, fewer operations. Under
     ``"reachable"`` the constant is dropped.
+
+    >>> squared_errors(torch.ones(1, 2, 1), "identity", 1.0).tolist()  # Gram [[1, 1], [1, 1]] against I
+    [2.0]
     """
     _, rows, cols = matrices.shape
     m = matrices if rows <= cols else matrices.mT
@@ -259,7 +266,11 @@ def best_possible_error(
 
 def resolve_masks(model: nn.Module, masks: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
     """``masks`` checked against ``model`` (keys: parameter names, any name of a tied tensor); ``None``: the masks
-    attached to ``model`` (``apply_masks``), none if there are none. Keys are returned as given."""
+    attached to ``model`` (``apply_masks``), none if there are none. Keys are returned as given.
+
+    >>> list(resolve_masks(torch.nn.Linear(2, 2), {"weight": torch.ones(2, 2, dtype=torch.bool)}))
+    ['weight']
+    """
     if masks is None:
         try:
             from lightning_prune_init.masks import get_masks

@@ -46,6 +46,10 @@ class MatrixBatch:
         layer_of: ``[B]``, index of the weight each matrix belongs to (a weight's matrices are contiguous).
         layer_best: ``[W]``, the lowest error of each weight.
         steps: ``[B]``, solver steps each matrix took.
+
+    >>> MatrixBatch.stack([torch.ones(1, 2), torch.ones(2, 3)], [torch.ones(1, 2), torch.ones(2, 3)], [0.0, 0.0],
+    ...                   [0.0, 0.0], [0, 0], 1.0).a.shape  # padded to the largest matrix
+    torch.Size([2, 2, 3])
     """
 
     a: Tensor
@@ -139,6 +143,11 @@ def sgd_step(batch: MatrixBatch, lr: float, gain2: float, tol: float | None, act
     ``∂ sqrt(Σ_g ‖E_g‖² + const) / ∂A_b = 2 E_b A_b / error`` (``E`` symmetric), masked; 0 where the error is 0.
     The operations and their order are those of the first implementation (the reproduction tables depend on the
     last bits: near its minimum the unsquared SGD oscillates and amplifies rounding differences).
+
+    >>> batch = MatrixBatch.stack([torch.tensor([[2.0]])], [torch.ones(1, 1)], [0.0], [0.0], [0], 1.0)
+    >>> err = sgd_step(batch, 0.1, 1.0, None, torch.ones(1, dtype=torch.bool))  # E = 2·2 − 1 = 3, error 3
+    >>> err.tolist(), round(float(batch.a), 4)  # 2 − 0.1 · 2 · (3 · 2) / 3
+    ([3.0], 1.6)
     """
     e = torch.bmm(batch.a, batch.a.mT)
     e.diagonal(dim1=-2, dim2=-1).sub_(gain2)
