@@ -541,3 +541,20 @@ def test_bad_arguments_leave_the_model_untouched():
             approximate_isometry(model, **{"progress": False, **kwargs})
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_threads_are_restored_and_do_not_change_the_result():
+    # cg solves small batches on one thread (parallel regions cost more than they save there); the caller's
+    # setting is restored, and the result is that of a one-thread run
+    model = _mlp7()
+    one = copy.deepcopy(model)
+    approximate_isometry(one, steps=30, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        approximate_isometry(model, steps=30, progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    for name, p in model.named_parameters():
+        assert torch.equal(p, one.get_parameter(name)), name
