@@ -1,0 +1,86 @@
+"""One sparse linear map, forward and backward, touching only the ``nnz`` kept weights.
+
+For ``y = x Wᵀ + b`` with ``W`` ``[out, in]`` held as its kept values in CSR order
+(:class:`~lightning_prune_init.sparse.structure.CsrStructure`) and ``x`` flattened to ``[N, in]``:
+
+* forward: ``yᵀ = W xᵀ`` (``torch.sparse.mm``, CSR × dense), then ``+ b``;
+* input gradient: ``dxᵀ = Wᵀ dyᵀ`` with ``Wᵀ``'s CSR structure built once (only ``values[perm]`` per step);
+* weight gradient at the kept entries only: ``dW[i, j] = Σ_n dy[n, i] x[n, j]`` for kept ``(i, j)``
+  (``torch.sparse.sampled_addmm``): an ``nnz``-sized gradient for the ``nnz``-sized parameter;
+* bias gradient: ``Σ_n dy[n]``.
+
+The kernels want the dense operand with the batch as its last, contiguous axis (``xᵀ`` ``[in, N]``): one copy of
+the activations per call; the input gradient is returned as the transposed view of ``dxᵀ`` (no copy), which
+the layer below reads without another copy. Outputs are contiguous.
+
+>>> import torch
+>>> from lightning_prune_init.sparse.structure import CsrStructure
+>>> mask = torch.tensor([[True, False], [True, True]])
+>>> w = torch.tensor([[1.0, 0.0], [2.0, 3.0]])
+>>> structure = CsrStructure.from_mask(mask)
+>>> sparse_linear(torch.tensor([[1.0, 1.0]]), structure.gather(w), None, structure)
+tensor([[1., 5.]])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_prune_init.sparse.structure import CsrStructure
+
+__all__ = ["sparse_linear"]
+
+
+class _SparseLinearFunction(torch.autograd.Function):
+    """``y = x Wᵀ + b`` with ``W`` in CSR form; gradients for ``x``, the kept values and ``b``."""
+
+    @staticmethod
+    def forward(ctx: Any, x2: Tensor, values: Tensor, bias: Tensor | None, structure: CsrStructure) -> Tensor:
+        yt = torch.sparse.mm(structure.csr(values), x2.t().contiguous())  # [out, N]
+        y = torch.empty(yt.shape[1], yt.shape[0], dtype=yt.dtype, device=yt.device)
+        if bias is None:
+            y.copy_(yt.t())
+        else:
+            torch.add(yt.t(), bias, out=y)  # transpose and bias in one pass
+        ctx.save_for_backward(x2, values)
+        ctx.structure = structure
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        x2, values = ctx.saved_tensors
+        structure: CsrStructure = ctx.structure
+        gyt = gy.t().contiguous()  # [out, N]; free when the layer above returned a transposed view
+        gx = gv = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.sparse.mm(structure.csr_t(values), gyt).t()  # [N, in], a view of dxᵀ
+        if ctx.needs_input_grad[1]:
+            gv = torch.sparse.sampled_addmm(structure.csr(values), gyt, x2, beta=0.0).values()
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = gyt.sum(dim=1)
+        return gx, gv, gb, None
+
+
+def sparse_linear(x: Tensor, values: Tensor, bias: Tensor | None, structure: CsrStructure) -> Tensor:
+    """``x Wᵀ + b`` for a sparse ``W`` given by its kept ``values`` (CSR order) and ``structure``.
+
+    Args:
+        x: input ``[..., in]`` (cast to the values' dtype; its gradient comes back in its own dtype).
+        values: the kept weights ``[nnz]``, in the structure's CSR order.
+        bias: ``[out]`` or None.
+        structure: the :class:`~lightning_prune_init.sparse.structure.CsrStructure` of ``W`` ``[out, in]``.
+
+    Returns:
+        ``[..., out]``, contiguous, equal to ``F.linear(x, W, b)`` up to float summation order.
+    """
+    out, inp = structure.shape
+    if x.shape[-1] != inp:
+        raise ValueError(f"input of shape {tuple(x.shape)} does not match a sparse weight of shape {structure.shape}")
+    lead = x.shape[:-1]
+    x2 = x.to(values.dtype).reshape(-1, inp)
+    return _SparseLinearFunction.apply(x2, values, bias, structure).view(*lead, out)
