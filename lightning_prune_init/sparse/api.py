@@ -42,8 +42,9 @@ from torch import Tensor, nn
 
 from lightning_prune_init._quiet import quiet_run
 from lightning_prune_init._validation import check_bool_masks, check_choice, check_int, check_mapping, check_number
-from lightning_prune_init.layouts import CONV_TYPES, hf_conv1d_type
+from lightning_prune_init.sparse.eligibility import SPARSE_TYPES, candidates, kernel_for, sparse_modules
 from lightning_prune_init.sparse.linear import SparseLinear, densify_linear_, sparsify_linear_
+from lightning_prune_init.sparse.semi_structured import from_semi_structured_, to_semi_structured_
 from lightning_prune_init.sparse.report import LayerDecision, SparseExecutionReport
 from lightning_prune_init.sparse.timing import Workload, time_layer
 
@@ -52,38 +53,6 @@ from lightning_prune_init.sparse._masks import apply_masks, current_masks, detac
 __all__ = ["disable_sparse_execution", "enable_sparse_execution", "sparse_modules"]
 
 Mode = Literal["auto", "on"]
-_DTYPES = (torch.float32, torch.float64)
-
-
-def sparse_modules(model: nn.Module) -> dict[str, SparseLinear]:
-    """``{parameter name of the dense weight: module}`` for every layer of ``model`` in sparse execution.
-
-    >>> sparse_modules(torch.nn.Linear(2, 2))
-    {}
-    """
-    return {f"{p}.weight" if p else "weight": m for p, m in model.named_modules() if isinstance(m, SparseLinear)}
-
-
-def _ineligible(module: nn.Module, attr: str, tied: bool) -> Optional[str]:
-    """Why the tensor ``name`` cannot run sparse (``None``: it can)."""
-    kind = type(module).__name__
-    if isinstance(module, SparseLinear):
-        return None
-    if isinstance(module, CONV_TYPES) or (hf_conv1d_type() is not None and isinstance(module, hf_conv1d_type())):
-        return f"{kind}: no sparse path measured faster on CPU (docs/benchmarks_sparse.md); left dense"
-    if not isinstance(module, nn.Linear):
-        return f"{kind}: only nn.Linear weights run sparse"
-    if type(module) is not nn.Linear:
-        return f"{kind} subclasses nn.Linear (it may compute or be read otherwise); only nn.Linear is switched"
-    if attr != "weight":
-        return "not the weight matrix (only nn.Linear weights run sparse)"
-    if tied:
-        return "shared with another module (tied weights stay dense)"
-    if module.weight.dtype not in _DTYPES:
-        return f"dtype {module.weight.dtype}: the CSR kernels take float32/float64"
-    if module.weight.device.type not in ("cpu", "cuda"):
-        return f"device {module.weight.device.type}: CSR kernels run on CPU and CUDA"
-    return None
 
 
 def _call(model: nn.Module, inputs: Any) -> Any:
@@ -115,21 +84,6 @@ def _record_inputs(model: nn.Module, modules: Mapping[str, nn.Module], example_i
         for handle in handles:
             handle.remove()
     return records
-
-
-def _candidates(model: nn.Module, masks: Mapping[str, Tensor]) -> dict[str, tuple[nn.Module, str]]:
-    """Every masked tensor, and every Linear/conv weight without a mask, with its owning module and attribute."""
-    conv1d = hf_conv1d_type()
-    kinds = (nn.Linear, *CONV_TYPES, *((conv1d,) if conv1d is not None else ()))
-    found = {}
-    for module_name, module in model.named_modules():
-        prefix = f"{module_name}." if module_name else ""
-        attrs = [n for n, _ in module.named_parameters(recurse=False)] + (["weight"] if isinstance(module, SparseLinear) else [])
-        for attr in attrs:
-            name = prefix + attr
-            if name in masks or (attr == "weight" and isinstance(module, kinds)):
-                found[name] = (module, attr)
-    return found
 
 
 def enable_sparse_execution(
@@ -180,22 +134,24 @@ def enable_sparse_execution(
     masks = current_masks(model) if masks is None else dict(masks)
     if not masks:
         raise ValueError("no masks: attach masks first (apply_masks) or pass `masks={name: bool mask}`")
-    shapes = {n: m.structure.shape for n, m in sparse_modules(model).items()}
+    shapes = {n: tuple(m.pruning_masks()["weight"].shape) for n, m in sparse_modules(model).items()}
     shapes.update({n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)})
     check_bool_masks(masks, shapes)
     uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     tied = {n for n, p in model.named_parameters(remove_duplicate=False) if uses[id(p)] > 1}
-    candidates = _candidates(model, masks)
-    reasons = {n: _ineligible(mod, attr, n in tied) for n, (mod, attr) in candidates.items()}
+    found = candidates(model, masks)
+    kernels = {
+        n: kernel_for(module, attr, masks.get(n), tied=n in tied, workload=workload) for n, (module, attr) in found.items()
+    }
     if decisions is not None:
-        unknown = [n for n in decisions if n not in candidates]
-        blocked = {n: reasons[n] or "no mask" for n, on in decisions.items() if on and n in candidates and (reasons[n] or n not in masks)}
+        unknown = [n for n in decisions if n not in found]
+        blocked = {n: kernels[n][1] for n, on in decisions.items() if on and n in found and kernels[n][0] is None}
         if unknown or blocked:
             raise ValueError(
                 f"`decisions` cannot be followed on this model (a resumed run must switch the same layers): "
                 f"unknown {unknown}, cannot run sparse {blocked}"
             )
-    eligible = {n: candidates[n][0] for n in candidates if n in masks and reasons[n] is None}
+    fresh = {n: found[n][0] for n, (kernel, _) in kernels.items() if kernel and not isinstance(found[n][0], SPARSE_TYPES)}
     records = {}
     if mode == "auto" and decisions is None:
         if example_inputs is None:
@@ -203,43 +159,63 @@ def enable_sparse_execution(
                 "mode='auto' times each layer at its real input shape: pass `example_inputs` (what the model is "
                 "called with), or use mode='on'"
             )
-        records = _record_inputs(model, {n: m for n, m in eligible.items() if not isinstance(m, SparseLinear)}, example_inputs)
+        records = _record_inputs(model, {n: m for n, m in fresh.items() if kernels[n][0] == "csr"}, example_inputs)
 
-    layers: dict[str, LayerDecision] = {}
-    for name, (module, attr) in candidates.items():
-        mask = masks.get(name)
-        density = None if mask is None else float(torch.count_nonzero(mask)) / max(1, mask.numel())
-        shape = tuple(mask.shape) if mask is not None else tuple(getattr(module, attr).shape)
-        entry = dict(name=name, kind=type(module).__name__, shape=shape, density=density)
-        if name not in eligible:
-            layers[name] = LayerDecision(**entry, sparse=False, reason=reasons[name] or "no mask")
-        elif isinstance(module, SparseLinear):
-            layers[name] = LayerDecision(**entry, sparse=True, reason="already in sparse execution")
-        elif decisions is not None:
-            layers[name] = LayerDecision(**entry, sparse=bool(decisions.get(name, False)), reason="as decided before")
-        elif mode == "on":
-            layers[name] = LayerDecision(**entry, sparse=True, reason="mode='on'")
-        elif name not in records:
-            layers[name] = LayerDecision(**entry, sparse=False, reason="not called by example_inputs; left dense")
-        else:
-            input_shape, needs_grad = records[name]
-            timing = time_layer(module, mask, input_shape, workload=workload, input_requires_grad=needs_grad, rounds=rounds)
-            faster = timing.sparse_ms < threshold * timing.dense_ms
-            layers[name] = LayerDecision(
-                **entry,
-                sparse=faster,
-                reason=f"measured {'faster' if faster else 'not faster'} (threshold {threshold:g})",
-                dense_ms=timing.dense_ms,
-                sparse_ms=timing.sparse_ms,
-                decide_s=timing.seconds,
-            )
-
-    switch = [n for n, x in layers.items() if x.sparse and not isinstance(eligible[n], SparseLinear)]
+    timing = {"workload": workload, "threshold": threshold, "rounds": rounds}
+    layers = {
+        name: _decide(name, found[name][0], masks.get(name), kernels[name], mode, decisions, records, timing)
+        for name in found
+    }
+    switch = [n for n, x in layers.items() if x.sparse and n in fresh]
     attached = get_masks(model)
     detach_masks(model, [n for n in switch if n in attached])
     for name in switch:
-        sparsify_linear_(eligible[name], masks[name])
+        (sparsify_linear_ if layers[name].kernel == "csr" else to_semi_structured_)(fresh[name], masks[name])
     return SparseExecutionReport(mode, layers)
+
+
+def _decide(
+    name: str,
+    module: nn.Module,
+    mask: Optional[Tensor],
+    kernel: tuple[Optional[str], str],
+    mode: str,
+    decisions: Optional[Mapping[str, bool]],
+    records: Mapping[str, tuple],
+    timing: Mapping[str, Any],
+) -> LayerDecision:
+    """The decision for one candidate tensor (timing it when ``"auto"`` asks)."""
+    density = None if mask is None else float(torch.count_nonzero(mask)) / max(1, mask.numel())
+    shape = tuple(mask.shape) if mask is not None else tuple(getattr(module, name.rpartition(".")[2]).shape)
+    entry = dict(name=name, kind=type(module).__name__, shape=shape, density=density)
+    which, why = kernel
+    if which is None:
+        return LayerDecision(**entry, sparse=False, reason=why)
+    if isinstance(module, SPARSE_TYPES):
+        return LayerDecision(**entry, sparse=True, reason=why, kernel=which)
+    if decisions is not None:
+        on = bool(decisions.get(name, False))
+        return LayerDecision(**entry, sparse=on, reason="as decided before", kernel=which if on else None)
+    if mode == "on":
+        return LayerDecision(**entry, sparse=True, reason="mode='on'", kernel=which)
+    if which != "csr":
+        return LayerDecision(**entry, sparse=False, reason=f"{which} kernels are not timed by 'auto': use mode='on'")
+    if name not in records:
+        return LayerDecision(**entry, sparse=False, reason="not called by example_inputs; left dense")
+    input_shape, needs_grad = records[name]
+    measured = time_layer(
+        module, mask, input_shape, workload=timing["workload"], input_requires_grad=needs_grad, rounds=timing["rounds"]
+    )
+    faster = measured.sparse_ms < timing["threshold"] * measured.dense_ms
+    return LayerDecision(
+        **entry,
+        sparse=faster,
+        reason=f"measured {'faster' if faster else 'not faster'} (threshold {timing['threshold']:g})",
+        dense_ms=measured.dense_ms,
+        sparse_ms=measured.sparse_ms,
+        decide_s=measured.seconds,
+        kernel="csr" if faster else None,
+    )
 
 
 def disable_sparse_execution(model: nn.Module, *, reattach_masks: bool = True) -> SparseExecutionReport:
@@ -255,11 +231,11 @@ def disable_sparse_execution(model: nn.Module, *, reattach_masks: bool = True) -
     modules = sparse_modules(model)
     masks = {name: m.pruning_masks()["weight"] for name, m in modules.items()}
     layers = {
-        name: LayerDecision(name, "Linear", m.structure.shape, m.density, False, "disabled")
-        for name, m in modules.items()
+        name: LayerDecision(name, "Linear", tuple(masks[name].shape), float(masks[name].float().mean()), False, "disabled")
+        for name in modules
     }
     for module in modules.values():
-        densify_linear_(module)
+        (densify_linear_ if isinstance(module, SparseLinear) else from_semi_structured_)(module)
     if reattach_masks and masks:
         apply_masks(model, masks)
     return SparseExecutionReport("off", layers)

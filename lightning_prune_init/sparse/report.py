@@ -35,6 +35,7 @@ class LayerDecision:
         dense_ms, sparse_ms: the measured time of one step of this layer at its real input shape, dense and
             sparse (``"auto"`` only; ``None`` otherwise).
         decide_s: seconds spent measuring this layer.
+        kernel: ``"csr"`` or ``"2:4"`` (semi-structured, CUDA inference) when sparse, else ``None``.
     """
 
     name: str
@@ -46,6 +47,7 @@ class LayerDecision:
     dense_ms: Optional[float] = None
     sparse_ms: Optional[float] = None
     decide_s: float = 0.0
+    kernel: Optional[str] = None
 
     @property
     def ratio(self) -> Optional[float]:
@@ -114,7 +116,7 @@ class SparseExecutionReport:
                 x.kind,
                 "x".join(map(str, x.shape)),
                 "-" if x.density is None else f"{x.density:.2%}",
-                "sparse" if x.sparse else "dense",
+                f"sparse ({x.kernel})" if x.sparse and x.kernel else "sparse" if x.sparse else "dense",
                 ms(x.dense_ms),
                 ms(x.sparse_ms),
                 "-" if x.ratio is None else f"{x.ratio:.2f}",
