@@ -243,3 +243,20 @@ def test_ineligible_layers_stay_dense_with_a_reason():
         enable_sparse_execution(nn.Linear(2, 2), "on")
     with pytest.raises(ValueError, match="`mode` must be one of 'auto', 'on'"):
         enable_sparse_execution(model, "off", masks=masks)
+
+
+def _masks_package_reports_protocol() -> bool:
+    probe = nn.Linear(2, 2)
+    enable_sparse_execution(probe, "on", masks={"weight": torch.ones(2, 2, dtype=torch.bool)})
+    return "weight" in get_masks(probe)
+
+
+@pytest.mark.skipif(not _masks_package_reports_protocol(), reason="get_masks reads pruning_masks() once the masks package lands")
+def test_get_masks_reports_the_layers_in_sparse_execution():
+    model = _mlp()
+    masks = _random_masks(model)
+    apply_masks(model, masks)
+    enable_sparse_execution(model, "on", masks=masks, decisions={"0.weight": True})
+    reported = get_masks(model)
+    assert reported.keys() == masks.keys()
+    assert all(torch.equal(reported[n], m) for n, m in masks.items())
