@@ -10,8 +10,9 @@ For ``y = x Wᵀ + b`` with ``W`` ``[out, in]`` held as its kept values in CSR o
 * bias gradient: ``Σ_n dy[n]``.
 
 The kernels want the dense operand with the batch as its last, contiguous axis (``xᵀ`` ``[in, N]``): one copy of
-the activations per call; the input gradient is returned as the transposed view of ``dxᵀ`` (no copy), which
-the layer below reads without another copy. Outputs are contiguous.
+the activations per call, kept for the weight gradient (whose kernel reads it twice as fast as ``x``; it costs
+one activation-sized buffer per layer until the backward). The input gradient is returned as the transposed view
+of ``dxᵀ`` (no copy), which the layer below reads without another copy. Outputs are contiguous.
 
 >>> import torch
 >>> from lightning_prune_init.sparse.structure import CsrStructure
@@ -39,13 +40,14 @@ class _SparseLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x2: Tensor, values: Tensor, bias: Tensor | None, structure: CsrStructure) -> Tensor:
-        yt = torch.sparse.mm(structure.csr(values), x2.t().contiguous())  # [out, N]
+        xt = x2.t().contiguous()  # [in, N]: the batch contiguous, for the forward and the weight gradient
+        yt = torch.sparse.mm(structure.csr(values), xt)  # [out, N]
         y = torch.empty(yt.shape[1], yt.shape[0], dtype=yt.dtype, device=yt.device)
         if bias is None:
             y.copy_(yt.t())
         else:
             torch.add(yt.t(), bias, out=y)  # transpose and bias in one pass
-        ctx.save_for_backward(x2, values)
+        ctx.save_for_backward(xt, values)
         ctx.structure = structure
         ctx.has_bias = bias is not None
         return y
@@ -53,14 +55,15 @@ class _SparseLinearFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
-        x2, values = ctx.saved_tensors
+        xt, values = ctx.saved_tensors
         structure: CsrStructure = ctx.structure
         gyt = gy.t().contiguous()  # [out, N]; free when the layer above returned a transposed view
         gx = gv = gb = None
         if ctx.needs_input_grad[0]:
             gx = torch.sparse.mm(structure.csr_t(values), gyt).t()  # [N, in], a view of dxᵀ
         if ctx.needs_input_grad[1]:
-            gv = torch.sparse.sampled_addmm(structure.csr(values), gyt, x2, beta=0.0).values()
+            # dW[i, j] = <dyᵀ[i], xᵀ[j]>, both rows contiguous (the kernel reads mat2 transposed)
+            gv = torch.sparse.sampled_addmm(structure.csr(values), gyt, xt.t(), beta=0.0).values()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = gyt.sum(dim=1)
         return gx, gv, gb, None

@@ -9,7 +9,8 @@ them). :class:`CsrStructure` holds, for the whole run:
 * ``t_crow [in + 1]``, ``t_col [nnz]``, ``perm [nnz]``: the CSR structure of ``Wᵀ`` and the permutation taking
   the values from ``W``'s order to ``Wᵀ``'s (input gradient ``dx = Wᵀ dy``): ``values_t = values[perm]``.
 
-Indices are int32 when ``out · in < 2³¹`` (half the memory; the CPU kernels take them as they are), else int64.
+Indices (and the permutation) are int32 when ``out · in < 2³¹`` (half the memory; the kernels take them as they
+are), else int64: 16 bytes per kept weight besides its value.
 Nothing here is ``numel``-sized except on request: :meth:`CsrStructure.mask` and :meth:`CsrStructure.to_dense`
 build dense tensors for readers (state dicts, monitors).
 
@@ -71,7 +72,7 @@ class CsrStructure:
             col=cols.to(index),
             t_crow=_pointers(cols, inp).to(index),
             t_col=rows[perm].to(index),
-            perm=perm,
+            perm=perm.to(index),
         )
 
     @property
@@ -95,7 +96,8 @@ class CsrStructure:
     def csr_t(self, values: Tensor) -> Tensor:
         """``Wᵀ`` as a sparse CSR tensor (one ``nnz``-sized gather of the values)."""
         return torch.sparse_csr_tensor(
-            self.t_crow, self.t_col, values[self.perm], (self.shape[1], self.shape[0]), check_invariants=False
+            self.t_crow, self.t_col, values.index_select(0, self.perm), (self.shape[1], self.shape[0]),
+            check_invariants=False,
         )
 
     def flat_index(self) -> Tensor:
