@@ -263,6 +263,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", default=None)
+    parser.add_argument("--densities", default=None, help="comma-separated densities of the step tables")
     parser.add_argument("--memory-child", nargs=2, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -273,9 +274,10 @@ def main() -> None:
         f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; torch {torch.__version__}; "
         f"rounds {args.rounds}; load average at start {os.getloadavg()[0]:.2f}"
     )
+    densities = tuple(float(d) for d in args.densities.split(",")) if args.densities else MLP_DENSITIES
     sections = {
-        "mlp": lambda: bench_steps(_mlp_case, MLP_DENSITIES, args.rounds, "Training step, 3×2048 MLP + 10-way head, batch 256, layerwise SNIP masks"),
-        "block": lambda: bench_steps(_block_case, MLP_DENSITIES, args.rounds, "Training step, transformer MLP block d=768 → 3072 → 768, 1024 tokens, layerwise magnitude masks"),
+        "mlp": lambda: bench_steps(_mlp_case, densities, args.rounds, "Training step, 3×2048 MLP + 10-way head, batch 256, layerwise SNIP masks"),
+        "block": lambda: bench_steps(_block_case, densities, args.rounds, "Training step, transformer MLP block d=768 → 3072 → 768, 1024 tokens, layerwise magnitude masks"),
         "memory": lambda: bench_memory((0.05, 0.01)),
         "inference": lambda: bench_inference((0.05, 0.01), args.rounds),
         "crossover": lambda: bench_crossover(max(3, args.rounds // 2)),

@@ -11,8 +11,9 @@ For ``y = x Wᵀ + b`` with ``W`` ``[out, in]`` held as its kept values in CSR o
 
 The kernels want the dense operand with the batch as its last, contiguous axis (``xᵀ`` ``[in, N]``): one copy of
 the activations per call, kept for the weight gradient (whose kernel reads it twice as fast as ``x``; it costs
-one activation-sized buffer per layer until the backward). The input gradient is returned as the transposed view
-of ``dxᵀ`` (no copy), which the layer below reads without another copy. Outputs are contiguous.
+one activation-sized buffer per layer until the backward). Outputs and input gradients are contiguous: a
+transposed view would save a copy, but elementwise ops mixing it with contiguous tensors (the ReLU backward)
+run several times slower on such mixed strides, and ``.view`` in user code needs contiguous outputs.
 
 >>> import torch
 >>> from lightning_prune_init.sparse.structure import CsrStructure
@@ -57,10 +58,10 @@ class _SparseLinearFunction(torch.autograd.Function):
     def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
         xt, values = ctx.saved_tensors
         structure: CsrStructure = ctx.structure
-        gyt = gy.t().contiguous()  # [out, N]; free when the layer above returned a transposed view
+        gyt = gy.t().contiguous()  # [out, N]
         gx = gv = gb = None
         if ctx.needs_input_grad[0]:
-            gx = torch.sparse.mm(structure.csr_t(values), gyt).t()  # [N, in], a view of dxᵀ
+            gx = torch.sparse.mm(structure.csr_t(values), gyt).t().contiguous()  # [N, in]
         if ctx.needs_input_grad[1]:
             # dW[i, j] = <dyᵀ[i], xᵀ[j]>, both rows contiguous (the kernel reads mat2 transposed)
             gv = torch.sparse.sampled_addmm(structure.csr(values), gyt, xt.t(), beta=0.0).values()
