@@ -133,3 +133,28 @@ def test_resume_never_mixes_dense_and_compact_optimizer_state(tmp_path):
         _fit(tmp_path / "d", model, [PruneAtInitCallback(0.9, verbose=False), SparseSwitch("off")],
              tmp_path / "sparse" / "last.ckpt", max_steps=6)
     assert list(sparse_modules(model)) == LAYERS
+
+
+def test_ema_weight_averaging_averages_the_compact_values_and_checkpoints_stay_dense(tmp_path):
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    pl.seed_everything(0)
+    model = Classifier()
+    pruner, ema = PruneAtInitCallback(0.9, verbose=False), EMAWeightAveraging(decay=0.5)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ema", save_last=True)
+    trainer = _fit(tmp_path, model, [pruner, SparseSwitch("on"), ema, checkpoint], enable_checkpointing=True, max_steps=4)
+    average = ema._average_model.module
+    assert list(sparse_modules(average)) == list(sparse_modules(model)) == LAYERS
+    saved = torch.load(tmp_path / "ema" / "last.ckpt", weights_only=True)
+    for name in LAYERS:  # the average differs from the current weights (the model gets the average at train end)
+        assert not torch.equal(saved["state_dict"][name], saved["current_model_state"][name])
+    for state in (saved["state_dict"], saved["current_model_state"]):  # the average, and the current weights
+        assert all(torch.count_nonzero(state[n][~m]) == 0 for n, m in pruner.masks.items())
+        Classifier().load_state_dict(state, strict=True)
+    assert torch.equal(saved["state_dict"]["net.1.weight"], average.state_dict()["net.1.weight"])
+    assert trainer.global_step == 4
+    resumed = Classifier()
+    ema2 = EMAWeightAveraging(decay=0.5)
+    _fit(tmp_path / "again", resumed, [PruneAtInitCallback(0.9, verbose=False), SparseSwitch("on"), ema2],
+         tmp_path / "ema" / "last.ckpt", max_steps=6)
+    assert list(sparse_modules(ema2._average_model.module)) == LAYERS

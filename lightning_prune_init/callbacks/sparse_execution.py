@@ -10,9 +10,10 @@ repair done):
 
 1. decides (``"auto"``: rank 0 times the layers, its decisions are broadcast, every rank switches the same
    layers) and switches the layers (:func:`~lightning_prune_init.sparse.enable_sparse_execution`);
-2. wraps DDP again and builds the optimizers again (:func:`lightning_prune_init._compat.rebuild_after_parameters_changed`):
-   they now hold the ``nnz``-sized ``weight_values``; the masks of layers left dense are attached to the new
-   optimizers;
+2. switches the same layers of the averaged copies that ``WeightAveraging``/``EMAWeightAveraging``/SWA keep (they
+   average and swap parameter by parameter; apply the masks to them before), wraps DDP again and builds the
+   optimizers again (:func:`lightning_prune_init._compat.rebuild_after_parameters_changed`): they now hold the
+   ``nnz``-sized ``weight_values``; the masks of layers left dense are attached to the new optimizers;
 3. returns the report as plain types, for the callback's checkpoint state.
 
 On resume, :func:`resume_sparse_execution` switches exactly the layers of the saved report in the same place:
@@ -31,7 +32,7 @@ from torch import Tensor
 
 from lightning_prune_init import _compat
 from lightning_prune_init._validation import check_choice, check_mapping
-from lightning_prune_init.sparse._masks import attach_optimizers, detach_optimizers
+from lightning_prune_init.sparse._masks import attach_optimizers, current_masks, detach_optimizers
 from lightning_prune_init.sparse.api import enable_sparse_execution
 from lightning_prune_init.sparse.report import SparseExecutionReport
 
@@ -112,12 +113,21 @@ def switch_to_sparse_execution(
         options.pop("example_inputs", None)
         report = enable_sparse_execution(pl_module, "on" if mode == "off" else mode, decisions=decisions, **options)
     if report.switched:
+        _switch_averaged_copies(trainer, pl_module, report.decisions)
         detach_optimizers(pl_module)
         _compat.rebuild_after_parameters_changed(trainer)
         attach_optimizers(pl_module, trainer.optimizers)
     if verbose:
         rank_zero_info(f"PruneAtInitCallback: {report}")
     return report.to_dict()
+
+
+def _switch_averaged_copies(trainer: Trainer, pl_module: LightningModule, decisions: Mapping[str, bool]) -> None:
+    """Switch the same layers of the averaged copies kept by ``WeightAveraging``/``EMAWeightAveraging``/SWA, so that
+    their parameters line up with the module's again (they average and swap parameter by parameter)."""
+    masks = current_masks(pl_module)
+    for average in _compat.averaged_models(trainer):
+        enable_sparse_execution(average, "on", masks=masks, decisions=decisions)
 
 
 def resume_sparse_execution(
