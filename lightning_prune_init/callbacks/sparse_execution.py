@@ -49,6 +49,9 @@ def example_inputs_of(trainer: Trainer, pl_module: LightningModule) -> Any:
 
     Raises:
         ValueError: neither is available.
+
+    >>> example_inputs_of(trainer, pl_module).shape  # doctest: +SKIP
+    torch.Size([2, 1, 28, 28])
     """
     from lightning_prune_init.callbacks.batches import fetch_batches
 
@@ -89,6 +92,14 @@ def switch_to_sparse_execution(
     Returns:
         ``SparseExecutionReport.to_dict()`` (plain types; rank 0's timings on every rank), or None when off or
         when a resumed run's checkpoint was saved without sparse execution (a warning says so).
+
+    In a callback placed after the pruner (``tests/test_sparse_lightning.py``)::
+
+        def on_fit_start(self, trainer, pl_module):
+            self.saved = switch_to_sparse_execution(trainer, pl_module, "auto")
+
+    >>> switch_to_sparse_execution(trainer, pl_module, "on")["layers"]["net.1.weight"]["sparse"]  # doctest: +SKIP
+    True
     """
     check_choice("sparse_execution", mode, ("off", "auto", "on"))
     options = dict(check_mapping("options", options) or {})
@@ -139,6 +150,9 @@ def resume_sparse_execution(
     ``to_dict()`` (or None: the checkpoint had no sparse execution, and a ``mode`` other than ``"off"`` is
     refused with a warning, see :func:`switch_to_sparse_execution`). A saved report is followed whatever ``mode``
     says now: the checkpoint's optimizer state is compact for exactly those layers.
+
+    >>> resume_sparse_execution(trainer, pl_module, saved, "on") == saved  # doctest: +SKIP
+    True
     """
     if saved is None:
         return switch_to_sparse_execution(trainer, pl_module, mode)

@@ -34,11 +34,21 @@ CollapsePolicy = Literal["warn", "error", "ignore"]
 
 
 class LayerCollapseError(ValueError):
-    """A parameter would be pruned entirely, or a unit keeps no input (raised when ``on_layer_collapse="error"``)."""
+    """A parameter would be pruned entirely, or a unit keeps no input (raised when ``on_layer_collapse="error"``).
+
+    >>> check_collapse({"w": torch.zeros(2, dtype=torch.bool)}, "error")
+    Traceback (most recent call last):
+    ...
+    lightning_prune_init.selection.collapse.LayerCollapseError: 1 parameter(s) would be pruned entirely: w. The network cannot pass a signal through them. Lower `sparsity`, use scope='layerwise' or `min_density`, exclude them with `exclude`, or initialize for isometry (init='orthogonal') before scoring
+    """
 
 
 class LayerCollapseWarning(UserWarning):
-    """A parameter is pruned entirely, or a unit keeps no input (``on_layer_collapse="warn"``, the default)."""
+    """A parameter is pruned entirely, or a unit keeps no input (``on_layer_collapse="warn"``, the default).
+
+    >>> issubclass(LayerCollapseWarning, UserWarning)
+    True
+    """
 
 
 class Collapse(NamedTuple):

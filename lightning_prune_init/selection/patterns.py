@@ -71,7 +71,11 @@ def pattern_sparsity(pattern: str) -> float:
 
 
 def layout_for(layouts: Layouts, name: str) -> MatrixLayout:
-    """The layout of tensor ``name``: from a selection, from a mapping, else PyTorch's ``[d0, prod(rest)]``."""
+    """The layout of tensor ``name``: from a selection, from a mapping, else PyTorch's ``[d0, prod(rest)]``.
+
+    >>> layout_for({"c.weight": MatrixLayout("transposed")}, "c.weight").kind, layout_for(None, "x").kind
+    ('transposed', 'matrix')
+    """
     if isinstance(layouts, ParameterSelection):
         return layouts.layout(name) if name in layouts else _DEFAULT
     if layouts is not None and name in layouts:

@@ -31,7 +31,11 @@ _CHUNK = 1 << 20  # entries per counting step: the passes' temporaries stay unde
 
 
 def as_bits(t: Tensor) -> Tensor:
-    """The float32/float64 tensor ``t`` viewed as int32/int64 (no copy): its sort keys when ``t >= 0``."""
+    """The float32/float64 tensor ``t`` viewed as int32/int64 (no copy): its sort keys when ``t >= 0``.
+
+    >>> bool(as_bits(torch.tensor([2.0]))[0] > as_bits(torch.tensor([1.5]))[0])
+    True
+    """
     return t.view(_INT_VIEW[t.dtype])
 
 
@@ -39,6 +43,10 @@ def inverted(keys: Tensor) -> Tensor:
     """Keys whose order is the reverse of ``keys`` (integer views of non-negative finite floats), ties kept equal.
 
     ``bits(+inf) − key``: keys of non-negative finite floats lie in ``[0, bits(inf))``, so the result does too.
+
+    >>> keys = inverted(as_bits(torch.tensor([1.0, 2.0])))
+    >>> bool(keys[0] > keys[1])
+    True
     """
     inf_bits = int(as_bits(torch.tensor(math.inf, dtype=_FLOAT_OF[keys.dtype])))
     return inf_bits - keys
@@ -115,6 +123,9 @@ def top_k_keys(keys: Mapping[str, Tensor], k: int) -> dict[str, Tensor]:
 
     Keys ``< 0`` are never kept (the caller ensures at least ``k`` keys are ``>= 0``); ties at the threshold are
     broken by (mapping order, flat index), earlier kept.
+
+    >>> top_k_keys({"a": torch.tensor([5, 7]), "b": torch.tensor([7, 1])}, 2)
+    {'a': tensor([False,  True]), 'b': tensor([ True, False])}
     """
     if k == 0:
         return {name: torch.zeros_like(t, dtype=torch.bool) for name, t in keys.items()}

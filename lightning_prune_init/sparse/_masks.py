@@ -29,7 +29,13 @@ __all__ = ["apply_masks", "attach_optimizers", "current_masks", "detach_masks", 
 
 
 def current_masks(model: nn.Module) -> dict[str, Tensor]:
-    """Masks attached to dense layers, and those held by modules implementing ``pruning_masks()``."""
+    """Masks attached to dense layers, and those held by modules implementing ``pruning_masks()``.
+
+    >>> import torch
+    >>> layer = apply_masks(torch.nn.Linear(2, 2), {"weight": torch.eye(2, dtype=torch.bool)})
+    >>> list(current_masks(layer))
+    ['weight']
+    """
     masks = dict(get_masks(model))
     for prefix, module in model.named_modules():
         own = getattr(type(module), "pruning_masks", None)
@@ -39,7 +45,15 @@ def current_masks(model: nn.Module) -> dict[str, Tensor]:
 
 
 def detach_masks(model: nn.Module, names: Sequence[str]) -> None:
-    """Detach the attached masks (and their hooks) of ``names``, leaving every other mask enforced."""
+    """Detach the attached masks (and their hooks) of ``names``, leaving every other mask enforced.
+
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    >>> _ = apply_masks(net, {"0.weight": torch.eye(2, dtype=torch.bool), "1.weight": torch.eye(2, dtype=torch.bool)})
+    >>> detach_masks(net, ["0.weight"])
+    >>> list(get_masks(net))
+    ['1.weight']
+    """
     if not names:
         return
     if "names" in inspect.signature(remove_masks).parameters:

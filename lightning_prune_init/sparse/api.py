@@ -121,6 +121,12 @@ def enable_sparse_execution(
     Raises:
         ValueError / TypeError: a bad argument, no masks, masks that do not fit the model, ``"auto"`` without
             ``example_inputs``, or ``decisions`` naming a layer that cannot run sparse. Nothing is switched then.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+    >>> masks = {"0.weight": torch.rand(64, 64) < 0.05}
+    >>> report = enable_sparse_execution(net, "auto", masks=masks, example_inputs=torch.randn(32, 64), rounds=1)
+    >>> report.layers["0.weight"].dense_ms > 0, report.layers["2.weight"].reason
+    (True, 'no mask')
     """
     check_choice("mode", mode, ("auto", "on"))
     check_choice("workload", workload, ("train", "inference"))

@@ -51,7 +51,13 @@ def kernel_for(
     module: nn.Module, attr: str, mask: Optional[Tensor], *, tied: bool = False, workload: str = "train"
 ) -> tuple[Optional[str], str]:
     """``(kernel, reason)``: the kernel that runs ``module.<attr>`` under ``mask`` (``None``: it stays dense, and
-    ``reason`` says why)."""
+    ``reason`` says why).
+
+    >>> kernel_for(torch.nn.Linear(2, 2).double(), "weight", torch.ones(2, 2, dtype=torch.bool))
+    ('csr', 'eligible')
+    >>> kernel_for(torch.nn.Linear(2, 2), "bias", torch.ones(2, dtype=torch.bool))
+    (None, 'not the weight matrix (only nn.Linear weights run sparse)')
+    """
     kind = type(module).__name__
     if isinstance(module, SparseLinear):
         return "csr", "already in sparse execution"
@@ -82,7 +88,12 @@ def kernel_for(
 
 
 def candidates(model: nn.Module, masks: Mapping[str, Tensor]) -> dict[str, tuple[nn.Module, str]]:
-    """Every masked tensor, and every Linear/conv weight without a mask, with its owning module and attribute."""
+    """Every masked tensor, and every Linear/conv weight without a mask, with its owning module and attribute.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))
+    >>> {name: attr for name, (_, attr) in candidates(net, {"1.weight": torch.ones(2, dtype=torch.bool)}).items()}
+    {'0.weight': 'weight', '1.weight': 'weight'}
+    """
     conv1d = hf_conv1d_type()
     kinds = (nn.Linear, *CONV_TYPES, *((conv1d,) if conv1d is not None else ()))
     found = {}

@@ -81,6 +81,10 @@ def sparse_linear(x: Tensor, values: Tensor, bias: Tensor | None, structure: Csr
 
     Returns:
         ``[..., out]``, contiguous, equal to ``F.linear(x, W, b)`` up to float summation order.
+
+    >>> s = CsrStructure.from_mask(torch.tensor([[True, True]]))
+    >>> sparse_linear(torch.ones(2, 3, 2), torch.tensor([1.0, 2.0]), torch.tensor([0.5]), s).shape
+    torch.Size([2, 3, 1])
     """
     out, inp = structure.shape
     if x.shape[-1] != inp:

@@ -61,6 +61,10 @@ class SparseLinear(nn.Linear):
     Attributes:
         weight_values: ``nn.Parameter [nnz]``, the kept weights in CSR order (what optimizers update).
         bias: the layer's bias Parameter, unchanged.
+
+    >>> layer = sparsify_linear_(torch.nn.Linear(3, 2), torch.tensor([[True, False, False], [False, True, True]]))
+    >>> layer.density, layer.weight.shape, layer(torch.ones(4, 3)).shape
+    (0.5, torch.Size([2, 3]), torch.Size([4, 2]))
     """
 
     in_features: int

@@ -36,6 +36,9 @@ class LayerDecision:
             sparse (``"auto"`` only; ``None`` otherwise).
         decide_s: seconds spent measuring this layer.
         kernel: ``"csr"`` or ``"2:4"`` (semi-structured, CUDA inference) when sparse, else ``None``.
+
+    >>> LayerDecision("fc.weight", "Linear", (8, 8), 0.1, True, "measured faster", 2.0, 0.5).ratio
+    0.25
     """
 
     name: str
@@ -64,6 +67,10 @@ class SparseExecutionReport:
     Attributes:
         mode: ``"auto"``, ``"on"`` or ``"off"`` (after :func:`~lightning_prune_init.sparse.api.disable_sparse_execution`).
         layers: ``{parameter name: LayerDecision}``.
+
+    >>> report = SparseExecutionReport("on", {"a.weight": LayerDecision("a.weight", "Linear", (2, 2), 0.5, True, "on")})
+    >>> report.switched, report.metrics()["sparse/layers_sparse"]
+    (['a.weight'], 1.0)
     """
 
     mode: str

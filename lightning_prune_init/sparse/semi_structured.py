@@ -36,7 +36,11 @@ _MIN_ROWS, _MIN_COLS = 32, 64  # the stricter (CUTLASS) float16/bfloat16 constra
 
 
 def semi_structured_unsupported(module: nn.Linear, mask: Tensor) -> Optional[str]:
-    """Why ``module`` cannot run its ``mask`` with the 2:4 kernels (``None``: it can)."""
+    """Why ``module`` cannot run its ``mask`` with the 2:4 kernels (``None``: it can).
+
+    >>> semi_structured_unsupported(torch.nn.Linear(64, 32), torch.zeros(32, 64, dtype=torch.bool))
+    '2:4 semi-structured kernels run on CUDA only'
+    """
     weight = module.weight
     if weight.device.type != "cuda":
         return "2:4 semi-structured kernels run on CUDA only"
@@ -53,7 +57,14 @@ def semi_structured_unsupported(module: nn.Linear, mask: Tensor) -> Optional[str
 
 
 class SemiStructuredLinear(nn.Linear):
-    """An ``nn.Linear`` computing with a 2:4 semi-structured weight, for inference (see the module docstring)."""
+    """An ``nn.Linear`` computing with a 2:4 semi-structured weight, for inference (see the module docstring).
+
+    Built by :func:`to_semi_structured_` on a CUDA layer (``tests/test_sparse_cuda.py``):
+
+    >>> layer = to_semi_structured_(torch.nn.Linear(64, 32).half().cuda(), mask)  # doctest: +SKIP
+    >>> layer(torch.randn(8, 64).half().cuda()).shape  # doctest: +SKIP
+    torch.Size([8, 32])
+    """
 
     @property
     def weight(self) -> Tensor:  # type: ignore[override]
@@ -103,6 +114,11 @@ def to_semi_structured_(module: nn.Linear, mask: Tensor) -> SemiStructuredLinear
 
     Raises:
         ValueError: :func:`semi_structured_unsupported` names a requirement not met.
+
+    >>> to_semi_structured_(torch.nn.Linear(64, 32), torch.ones(32, 64, dtype=torch.bool))
+    Traceback (most recent call last):
+    ...
+    ValueError: cannot switch Linear to 2:4 semi-structured kernels: 2:4 semi-structured kernels run on CUDA only
     """
     reason = semi_structured_unsupported(module, mask)
     if reason is not None:
@@ -116,7 +132,11 @@ def to_semi_structured_(module: nn.Linear, mask: Tensor) -> SemiStructuredLinear
 
 
 def from_semi_structured_(module: SemiStructuredLinear) -> nn.Linear:
-    """Switch a :class:`SemiStructuredLinear` back to a plain ``nn.Linear`` (dense weight Parameter)."""
+    """Switch a :class:`SemiStructuredLinear` back to a plain ``nn.Linear`` (dense weight Parameter).
+
+    >>> from_semi_structured_(layer)  # doctest: +SKIP
+    Linear(in_features=64, out_features=32, bias=True)
+    """
     weight = nn.Parameter(module.weight, requires_grad=False)
     del module.__dict__[_PACKED], module.__dict__[_MASK]
     module.__class__ = nn.Linear

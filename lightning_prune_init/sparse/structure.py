@@ -48,6 +48,10 @@ class CsrStructure:
         crow, col: CSR row pointers ``[out + 1]`` and column indices ``[nnz]`` of ``W``.
         t_crow, t_col: the same for ``Wᵀ`` (``[in + 1]``, ``[nnz]``).
         perm: ``[nnz]``, ``values_t = values[perm]``.
+
+    >>> s = CsrStructure.from_mask(torch.tensor([[False, True], [True, True]]))
+    >>> s.shape, s.nnz, s.density, s.t_crow.tolist(), s.t_col.tolist()
+    ((2, 2), 3, 0.75, [0, 1, 3], [1, 0, 1])
     """
 
     shape: tuple[int, int]
