@@ -20,11 +20,9 @@ from lightning_prune_init.sparse import (
     enable_sparse_execution,
 )
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-    pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta state"),
-]
+NO_CUDA = not torch.cuda.is_available()
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(NO_CUDA, reason="needs a CUDA device")]
+pytestmark.append(pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta state"))
 
 
 def _close(actual, expected, rtol):
