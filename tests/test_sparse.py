@@ -260,3 +260,18 @@ def test_get_masks_reports_the_layers_in_sparse_execution():
     reported = get_masks(model)
     assert reported.keys() == masks.keys()
     assert all(torch.equal(reported[n], m) for n, m in masks.items())
+
+
+def test_autocast_runs_the_csr_kernels_in_float32():
+    model = _mlp()
+    masks = _random_masks(model)
+    enable_sparse_execution(model, "on", masks=masks)
+    x = torch.randn(6, 24)
+    expected = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x.bfloat16())  # bf16 activations, as under precision="bf16-mixed"
+        out.float().sum().backward()
+    assert out.dtype == torch.float32
+    _close(out, model(x.bfloat16().float()))
+    assert (out - expected).abs().max() < 0.1  # only the bf16 rounding of the input differs
+    assert model[0].weight_values.grad.dtype == torch.float32 and model[0].weight_values.grad.abs().sum() > 0

@@ -41,6 +41,11 @@ class _SparseLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x2: Tensor, values: Tensor, bias: Tensor | None, structure: CsrStructure) -> Tensor:
+        with torch.autocast(x2.device.type, enabled=False):  # the CSR kernels take the values' dtype only
+            return _SparseLinearFunction._forward(ctx, x2, values, bias, structure)
+
+    @staticmethod
+    def _forward(ctx: Any, x2: Tensor, values: Tensor, bias: Tensor | None, structure: CsrStructure) -> Tensor:
         xt = x2.t().contiguous()  # [in, N]: the batch contiguous, for the forward and the weight gradient
         yt = torch.sparse.mm(structure.csr(values), xt)  # [out, N]
         y = torch.empty(yt.shape[1], yt.shape[0], dtype=yt.dtype, device=yt.device)
@@ -56,6 +61,11 @@ class _SparseLinearFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        with torch.autocast(gy.device.type, enabled=False):
+            return _SparseLinearFunction._backward(ctx, gy.to(ctx.saved_tensors[1].dtype))
+
+    @staticmethod
+    def _backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
         xt, values = ctx.saved_tensors
         structure: CsrStructure = ctx.structure
         gyt = gy.t().contiguous()  # [out, N]
@@ -74,7 +84,8 @@ def sparse_linear(x: Tensor, values: Tensor, bias: Tensor | None, structure: Csr
     """``x Wᵀ + b`` for a sparse ``W`` given by its kept ``values`` (CSR order) and ``structure``.
 
     Args:
-        x: input ``[..., in]`` (cast to the values' dtype; its gradient comes back in its own dtype).
+        x: input ``[..., in]`` (cast to the values' dtype, also under autocast: the CSR kernels take float32/float64;
+            its gradient comes back in its own dtype).
         values: the kept weights ``[nnz]``, in the structure's CSR order.
         bias: ``[out]`` or None.
         structure: the :class:`~lightning_prune_init.sparse.structure.CsrStructure` of ``W`` ``[out, in]``.
