@@ -275,3 +275,13 @@ def test_autocast_runs_the_csr_kernels_in_float32():
     _close(out, model(x.bfloat16().float()))
     assert (out - expected).abs().max() < 0.1  # only the bf16 rounding of the input differs
     assert model[0].weight_values.grad.dtype == torch.float32 and model[0].weight_values.grad.abs().sum() > 0
+
+
+def test_reset_parameters_draws_the_kept_values_like_nn_linear():
+    layer = nn.Linear(400, 3)
+    enable_sparse_execution(layer, "on", masks={"weight": torch.rand(3, 400) < 0.5})
+    before = layer.weight_values.detach().clone()
+    layer.reset_parameters()
+    values = layer.weight_values.detach()
+    assert not torch.equal(values, before) and values.abs().max() <= 1 / 20  # U(-1/sqrt(400), 1/sqrt(400))
+    assert torch.count_nonzero(layer.weight[~layer.pruning_masks()["weight"]]) == 0

@@ -14,7 +14,8 @@ What stays as it was:
   loads with ``strict=True`` into a plain model, and a dense state dict loads into a ``SparseLinear`` (the kept
   entries are read; non-zeros at pruned entries are dropped, with a warning, as the masks would zero them);
 * ``m.weight`` *reads* the dense weight: a new tensor, differentiable with respect to ``weight_values`` (so
-  code that reads it still trains correctly, only not faster). Writes to it are lost: write ``weight_values``;
+  code that reads it still trains correctly, only not faster). Writes to it are lost: write ``weight_values``
+  (or initialize before switching, as the callback does); ``m.reset_parameters()`` draws the kept values;
 * ``m.pruning_masks()`` returns ``{"weight": bool mask}``: ``get_masks`` reports the layer's mask.
 
 >>> import torch
@@ -29,6 +30,7 @@ What stays as it was:
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -99,6 +101,19 @@ class SparseLinear(nn.Linear):
 
     def forward(self, input: Tensor) -> Tensor:
         return sparse_linear(input, self._parameters[VALUES], self.bias, self.structure)
+
+    def reset_parameters(self) -> None:
+        """Draw the kept values and the bias as ``nn.Linear`` draws its entries: ``U(−1/√in, 1/√in)``.
+
+        (``nn.Linear.reset_parameters`` would write into a dense copy of the weight, and the draw would be lost.)
+        """
+        if VALUES not in self._parameters:  # called by nn.Linear.__init__ only, never for a switched layer
+            return
+        bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
+        with torch.no_grad():
+            self._parameters[VALUES].uniform_(-bound, bound)
+            if self.bias is not None:
+                self.bias.uniform_(-bound, bound)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, density={self.density:.4g}, sparse execution (CSR)"
