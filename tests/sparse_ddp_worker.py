@@ -1,7 +1,8 @@
 """Run by tests/test_sparse_ddp.py: a 2-process DDP fit on CPU (gloo) with sparse execution, dumping each rank's
 masks, dense weights, compact values and optimizer state.
 
-Usage: python tests/sparse_ddp_worker.py OUT_DIR MODE
+Usage: python tests/sparse_ddp_worker.py OUT_DIR: one fit with sparse_execution "on", then one with "auto" (forced to
+switch by its threshold: the decisions must come from rank 0), in the same process group; OUT_DIR/<mode>/.
 """
 
 import os
@@ -41,8 +42,7 @@ class SparseSwitch(pl.Callback):
         torch.save(state, os.path.join(self.out, f"trained_rank{trainer.global_rank}.pt"))
 
 
-def main() -> None:
-    out, mode = sys.argv[1], sys.argv[2]
+def fit(out: str, mode: str) -> None:
     pl.seed_everything(0)
     model = Classifier(n=128, batch_size=16)
     switch = SparseSwitch(mode)
@@ -60,6 +60,13 @@ def main() -> None:
         callbacks=[PruneAtInitCallback(0.9, verbose=False), switch],
     )
     trainer.fit(model)
+
+
+def main() -> None:
+    for mode in ("on", "auto"):
+        out = os.path.join(sys.argv[1], mode)
+        os.makedirs(out, exist_ok=True)
+        fit(out, mode)
 
 
 if __name__ == "__main__":
