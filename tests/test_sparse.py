@@ -38,10 +38,12 @@ def _random_masks(model, density=0.2, seed=0, names=None):
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("shape", [(7, 24), (3, 5, 24)])
-def test_outputs_and_gradients_equal_the_masked_dense_computation(bias, shape):
+@pytest.mark.parametrize("shape", [(7, 24), (3, 5, 24), (1030, 24)])
+@pytest.mark.parametrize("density", [0.2, 0.02])
+def test_outputs_and_gradients_equal_the_masked_dense_computation(bias, shape, density):
+    """Both layouts of the kernels: feature-major (few rows, 20%), batch-major (>= 1024 rows, or 2%)."""
     dense = _mlp(bias=bias)
-    masks = _random_masks(dense)
+    masks = _random_masks(dense, density=density)
     apply_masks(dense, masks)
     sparse = copy.deepcopy(dense)
     report = enable_sparse_execution(sparse, "on")
