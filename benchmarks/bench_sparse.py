@@ -242,6 +242,9 @@ def bench_auto(rounds: int, steps: int = 20) -> None:
         report = enable_sparse_execution(auto, "auto", example_inputs=x)
         dense_opt, auto_opt = _sgd(dense), _sgd(auto)
         apply_masks(dense, masks, optimizers=[dense_opt])
+        left_dense = {n: m for n, m in masks.items() if not report.decisions[n]}
+        if left_dense:  # as the callback does: the layers left dense keep their masks, on the new optimizer
+            apply_masks(auto, left_dense, optimizers=[auto_opt])
         ms = _median_ms({"dense": _step(dense, dense_opt, loss_fn), "auto": _step(auto, auto_opt, loss_fn)}, rounds)
         dense_s, auto_s = ms["dense"] * steps / 1e3, ms["auto"] * steps / 1e3
         layers = ", ".join(f"{n.split('.')[0]}:{'S' if s else 'D'}" for n, s in report.decisions.items())

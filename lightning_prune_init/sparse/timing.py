@@ -9,8 +9,9 @@ and times one *step* of each on random inputs of the recorded shape:
   ``numel``-sized dense, ``nnz``-sized sparse);
 * ``workload="inference"``: the forward under ``torch.no_grad()``.
 
-The two are interleaved round by round (machine drift hits both alike) and the medians compared. Every second
-spent here, the structure build included, is reported as the layer's decision time.
+The two are interleaved round by round (machine drift hits both alike) and the medians compared; the rounds
+stop early when one variant is plainly (2×) faster. Every second spent here, the structure build included, is
+reported as the layer's decision time.
 
 >>> import torch
 >>> layer, mask = torch.nn.Linear(64, 32), torch.rand(32, 64) < 0.1
@@ -82,6 +83,7 @@ def time_layer(
     workload: Workload = "train",
     input_requires_grad: bool = True,
     rounds: int = 5,
+    clear: float = 2.0,
 ) -> LayerTiming:
     """Median time of one step of ``layer`` dense and sparse under ``mask``, at input shape ``input_shape``.
 
@@ -92,6 +94,8 @@ def time_layer(
         workload: ``"train"`` (forward + backward + SGD step) or ``"inference"`` (forward only).
         input_requires_grad: whether the layer's input needs a gradient in the model (not for a first layer).
         rounds: timed rounds of each variant, interleaved (after one warm-up step each).
+        clear: stop after 2 rounds already when one variant is ``clear`` times faster than the other (default 2):
+            the decision is plain, and measuring on costs decision time.
 
     >>> time_layer(torch.nn.Linear(16, 16), torch.eye(16, dtype=torch.bool), (4, 16), workload="inference").seconds > 0
     True
@@ -122,12 +126,14 @@ def time_layer(
     samples: dict[str, list[float]] = {name: [] for name in steps}
     for step in steps.values():  # warm-up: allocations, kernel selection
         step()
-    for _ in range(rounds):
+    for done in range(1, rounds + 1):
         for name, step in steps.items():
             _sync(device)
             t0 = time.perf_counter()
             step()
             _sync(device)
             samples[name].append(time.perf_counter() - t0)
-    dense_ms, sparse_ms = (statistics.median(samples[name]) * 1e3 for name in ("dense", "sparse"))
+        dense_ms, sparse_ms = (statistics.median(samples[name]) * 1e3 for name in ("dense", "sparse"))
+        if done >= 2 and not 1 / clear < sparse_ms / dense_ms < clear:
+            break  # the answer is clear: the remaining rounds would only cost decision time
     return LayerTiming(dense_ms, sparse_ms, time.perf_counter() - start)
