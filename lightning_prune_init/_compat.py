@@ -27,6 +27,7 @@ from torch import nn
 __all__ = [
     "LIGHTNING_CHECKED",
     "averaged_models",
+    "rebuild_after_parameters_changed",
     "process_train_dataloader",
     "request_train_dataloader",
     "shards_parameters",
@@ -122,3 +123,39 @@ def averaged_models(trainer: Trainer) -> list[nn.Module]:
 def lightning_version() -> str:
     """The installed Lightning version string."""
     return lightning.__version__
+
+
+def rebuild_after_parameters_changed(trainer: Trainer) -> None:
+    """Make the DDP wrapper and the optimizers hold the LightningModule's parameters again, after some were
+    replaced (sparse execution) in ``on_fit_start``, in the order ``strategy.setup`` uses.
+
+    * DDP (``DDPStrategy`` and its spawn/notebook variants): the old wrapper's gradient hooks are removed
+      (``DistributedDataParallel._remove_autograd_hooks``: its reducer would still fire on the parameters that
+      stayed, e.g. biases), ``strategy.model`` points back at the LightningModule and ``configure_ddp()`` wraps it
+      again (same ``ddp_kwargs``; rank 0's module state is broadcast, as at the first wrap);
+    * ``strategy.setup_optimizers(trainer)`` (public) calls ``configure_optimizers`` again;
+      ``setup_precision_plugin()`` connects them; their state is moved to the root device
+      (``lightning.fabric.utilities.optimizer._optimizers_to_device``).
+
+    Lightning restores a checkpoint's optimizer state after ``on_fit_start``, so a resumed run loads it into the
+    rebuilt optimizers.
+    """
+    from lightning.pytorch.strategies import DDPStrategy
+    from torch.nn.parallel import DistributedDataParallel
+
+    strategy = trainer.strategy
+    if isinstance(strategy, DDPStrategy) and isinstance(strategy.model, DistributedDataParallel):
+        old = strategy.model
+        remove_hooks = getattr(old, "_remove_autograd_hooks", None)
+        if callable(remove_hooks):
+            remove_hooks()
+        strategy.model = strategy.lightning_module
+        strategy.configure_ddp()
+        del old
+    strategy.setup_optimizers(trainer)
+    strategy.setup_precision_plugin()
+    try:
+        from lightning.fabric.utilities.optimizer import _optimizers_to_device
+    except ImportError:  # pragma: no cover - other Lightning versions: optimizers are built on the module's device
+        return
+    _optimizers_to_device(strategy.optimizers, strategy.root_device)

@@ -70,7 +70,7 @@ class _FakeTrainer:
 
 
 REPRODUCERS = {
-    "`sparsity` must be in [0, 1)": lambda tmp: PruneAtInitCallback(sparsity=1.0),
+    "`sparsity` must be a finite number in [0, 1)": lambda tmp: PruneAtInitCallback(sparsity=1.0),
     "matches no parameter": lambda tmp: prunable_parameters(lenet300(), include="fc1.*"),
     "no prunable parameters": lambda tmp: prunable_parameters(nn.Sequential(nn.ReLU())),
     "cannot read a scoring batch": lambda tmp: connection_sensitivity(lenet300(), [{"image": _batch()[0]}]),

@@ -55,7 +55,7 @@ def test_streaming_selection_equals_topk_on_snip_scores_across_chunks(monkeypatc
     x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
     scores = connection_sensitivity(model, [(x, y)])
     expected = select_masks(scores, 0.95)
-    monkeypatch.setattr(selection, "_CHUNK", 1000)
+    monkeypatch.setattr(selection.topk, "_CHUNK", 1000)
     chunked = select_masks(scores, 0.95)
     positive = torch.cat([s.reshape(-1) for s in scores.values()])
     topk = _topk_masks(scores, 0.95)
@@ -70,11 +70,11 @@ def test_selection_does_not_copy_float32_scores():
     import lightning_prune_init.selection as selection
 
     scores = {"a": torch.rand(50, 40), "b": torch.rand(30)}
-    checked = selection._check_scores(scores)
+    checked = selection.select._check_scores(scores)
     for name in scores:
         assert checked[name].data_ptr() == scores[name].data_ptr()
     negative_zero = {"a": torch.tensor([-0.0, 1.0, 0.5])}
-    checked = selection._check_scores(negative_zero)
+    checked = selection.select._check_scores(negative_zero)
     assert checked["a"].data_ptr() != negative_zero["a"].data_ptr()  # -0.0 is normalized on a copy
     assert not bool(torch.signbit(checked["a"]).any())
     assert bool(torch.signbit(negative_zero["a"][0]))  # the caller's tensor is untouched

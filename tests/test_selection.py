@@ -66,7 +66,7 @@ def test_global_scope_can_collapse_a_layer_and_policy_applies():
 
 @pytest.mark.parametrize("bad", [1.0, -0.1, 1.5, float("nan")])
 def test_sparsity_out_of_range(bad):
-    with pytest.raises(ValueError, match=r"`sparsity` must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"`sparsity` must be a finite number in \[0, 1\)"):
         select_masks({"w": torch.rand(4)}, bad)
 
 

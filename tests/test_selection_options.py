@@ -62,7 +62,7 @@ def test_min_density_layerwise_and_limits():
     assert torch.equal(masks["a"].reshape(-1), reference_keep({"a": scores["a"]}, 30)["a"].reshape(-1))
     with pytest.raises(ValueError, match="`min_density`=0.3 asks for 33 kept entries in all, more than the 11"):
         select_masks(scores, 0.9, min_density=0.3)
-    with pytest.raises(ValueError, match=r"`min_density` must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"`min_density` must be a finite number in \[0, 1\]"):
         select_masks(scores, 0.5, min_density=1.5)
     with pytest.raises(TypeError, match="min_density"):
         select_masks(scores, 0.5, min_density="0.1")
