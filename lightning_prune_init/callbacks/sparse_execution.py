@@ -32,7 +32,7 @@ from torch import Tensor
 
 from lightning_prune_init import _compat
 from lightning_prune_init._validation import check_choice, check_mapping
-from lightning_prune_init.sparse._masks import attach_optimizers, current_masks, detach_optimizers
+from lightning_prune_init.masks import attach_optimizers, detach_optimizers, get_masks
 from lightning_prune_init.sparse.api import enable_sparse_execution
 from lightning_prune_init.sparse.report import SparseExecutionReport
 
@@ -136,7 +136,7 @@ def switch_to_sparse_execution(
 def _switch_averaged_copies(trainer: Trainer, pl_module: LightningModule, decisions: Mapping[str, bool]) -> None:
     """Switch the same layers of the averaged copies kept by ``WeightAveraging``/``EMAWeightAveraging``/SWA, so that
     their parameters line up with the module's again (they average and swap parameter by parameter)."""
-    masks = current_masks(pl_module)
+    masks = get_masks(pl_module)
     for average in _compat.averaged_models(trainer):
         enable_sparse_execution(average, "on", masks=masks, decisions=decisions)
 

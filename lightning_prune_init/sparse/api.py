@@ -41,14 +41,13 @@ import torch
 from torch import Tensor, nn
 
 from lightning_prune_init._quiet import quiet_run
+from lightning_prune_init.masks import apply_masks, get_masks, remove_masks
 from lightning_prune_init._validation import check_bool_masks, check_choice, check_int, check_mapping, check_number
 from lightning_prune_init.sparse.eligibility import SPARSE_TYPES, candidates, kernel_for, sparse_modules
 from lightning_prune_init.sparse.linear import SparseLinear, densify_linear_, sparsify_linear_
 from lightning_prune_init.sparse.semi_structured import from_semi_structured_, to_semi_structured_
 from lightning_prune_init.sparse.report import LayerDecision, SparseExecutionReport
 from lightning_prune_init.sparse.timing import Workload, time_layer
-
-from lightning_prune_init.sparse._masks import apply_masks, current_masks, detach_masks, get_masks
 
 __all__ = ["disable_sparse_execution", "enable_sparse_execution", "sparse_modules"]
 
@@ -137,7 +136,7 @@ def enable_sparse_execution(
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(model, nn.parallel.DistributedDataParallel):
         raise TypeError("`model` is a DistributedDataParallel wrapper: pass `model.module` and wrap it again after")
-    masks = current_masks(model) if masks is None else dict(masks)
+    masks = get_masks(model) if masks is None else dict(masks)
     if not masks:
         raise ValueError("no masks: attach masks first (apply_masks) or pass `masks={name: bool mask}`")
     shapes = {n: tuple(m.pruning_masks()["weight"].shape) for n, m in sparse_modules(model).items()}
@@ -174,7 +173,9 @@ def enable_sparse_execution(
     }
     switch = [n for n, x in layers.items() if x.sparse and n in fresh]
     attached = get_masks(model)
-    detach_masks(model, [n for n in switch if n in attached])
+    detached = [n for n in switch if n in attached]
+    if detached:
+        remove_masks(model, names=detached)
     for name in switch:
         (sparsify_linear_ if layers[name].kernel == "csr" else to_semi_structured_)(fresh[name], masks[name])
     return SparseExecutionReport(mode, layers)
