@@ -26,7 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lightning_prune_init.models import build_network
+from lightning_prune_init.papers import build_network
 from lightning_prune_init.scoring import CRITERIA, connection_sensitivity
 from lightning_prune_init.selection import select_masks
 

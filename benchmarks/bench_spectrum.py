@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_prune_init.models import build_network
+from lightning_prune_init.papers import build_network
 from lightning_prune_init.spectrum import jacobian_singular_values
 
 

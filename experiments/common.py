@@ -36,7 +36,7 @@ from lightning_prune_init import (  # noqa: E402
     noise_batches,
     select_masks,
 )
-from lightning_prune_init.models import build_network  # noqa: E402
+from lightning_prune_init.papers import build_network  # noqa: E402
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "results")
 INITS = {"VS-L": "vs-lecun", "VS-G": "vs-glorot", "VS-H": "vs-he", "orthogonal": "orthogonal"}
@@ -89,15 +89,15 @@ def load_data(name: str = "digits", root: str = "data") -> Data:
     if key in _CACHE:
         return _CACHE[key]
     if name == "digits":
-        from lightning_prune_init.data import DigitsDataModule
+        from lightning_prune_init.papers import DigitsDataModule
 
         dm = DigitsDataModule(batch_size=1000, resize_to=28)
     elif name == "mnist":
-        from lightning_prune_init.data import MNISTDataModule
+        from lightning_prune_init.papers import MNISTDataModule
 
         dm = MNISTDataModule(root=root, batch_size=1000)
     elif name == "fashion-mnist":
-        from lightning_prune_init.data import FashionMNISTDataModule
+        from lightning_prune_init.papers import FashionMNISTDataModule
 
         dm = FashionMNISTDataModule(root=root, batch_size=1000)
     else:

@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from experiments import common as C
-from lightning_prune_init.models import build_network, count_weights
+from lightning_prune_init.papers import build_network, count_weights
 
 WIDTH, DEPTH = 500, 5
 
