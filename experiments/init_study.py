@@ -162,7 +162,7 @@ def report(args, rows: list[dict], jsv_rows: list[dict]) -> dict:
                                 "orth. − VS-H (max/min)", "VS-H − orth. (last/first)", "VS-H last/first",
                                 "layerwise after − before (orth.)"],
                                [[d["net"], d["act"], *(d[f"uniform_{v}"].format() for v in ("VS-L", "VS-G", "VS-H")),
-                                 d["late"].format(), d["vsh_late"].format(), d["lw_drop"].format(3)] for d in diffs])))
+                                 d["late"].format(), d["vsh_late"].format(signed=False), d["lw_drop"].format(3)] for d in diffs])))
     sections.append(("Figures", "\n".join(f"![MLP-{K}](init_study_density_K{K}.png)" for K in depths) + "\n"))
     C.write_md(os.path.join(out, "init_study.md"), "Initialization study (SPP Figure 1)", cmd, sections)
     return {"summary": summary, "jsv": jsv_rows, "density": dens, "differences": diffs}

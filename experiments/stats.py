@@ -42,9 +42,10 @@ class Interval:
             return "lower"
         return "overlaps 0"
 
-    def format(self, digits: int = 2) -> str:
-        """``"+1.40 [+0.84, +1.96]"``: the mean and the interval, signed."""
-        return f"{self.mean:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}]"
+    def format(self, digits: int = 2, signed: bool = True) -> str:
+        """``"+1.40 [+0.88, +1.92]"``: the mean and the interval (with signs, for a difference, by default)."""
+        sign = "+" if signed else ""
+        return f"{self.mean:{sign}.{digits}f} [{self.low:{sign}.{digits}f}, {self.high:{sign}.{digits}f}]"
 
 
 def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
