@@ -31,7 +31,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lightning_prune_init.models import build_network
+from lightning_prune_init.papers import build_network
 from lightning_prune_init.parameters import select_parameters
 from lightning_prune_init.scoring import CRITERIA, ScoringContext, connection_sensitivity
 from lightning_prune_init.selection import select_masks

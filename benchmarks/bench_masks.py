@@ -34,7 +34,7 @@ from torch.nn.utils import prune
 
 from lightning_prune_init import apply_masks, connection_sensitivity, select_masks
 from lightning_prune_init.masks import enforce_masks_, get_masks
-from lightning_prune_init.models import build_network
+from lightning_prune_init.papers import build_network
 
 
 def _sync(device: torch.device) -> None:

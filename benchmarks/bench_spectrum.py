@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_prune_init.models import build_network
+from lightning_prune_init.papers import build_network
 from lightning_prune_init.spectrum import SCOPES, jacobian_singular_values
 
 

@@ -36,7 +36,7 @@ from lightning_prune_init import (  # noqa: E402
     noise_batches,
     select_masks,
 )
-from lightning_prune_init.models import build_network  # noqa: E402
+from lightning_prune_init.papers import build_network  # noqa: E402
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "results")
 INITS = {"VS-L": "vs-lecun", "VS-G": "vs-glorot", "VS-H": "vs-he", "orthogonal": "orthogonal"}
@@ -50,11 +50,51 @@ def setup_torch() -> None:
 def base_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="small grid that finishes in a few minutes on 2 CPU cores")
-    p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default docs/results)")
+    p.add_argument("--out", default=None, help="output folder (default: see default_out)")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
-    p.add_argument("--data", default="digits", choices=["digits", "mnist", "fashion-mnist"])
+    p.add_argument("--data", default="digits", choices=["digits", "mnist1d", "mnist", "fashion-mnist"])
     p.add_argument("--root", default="data", help="folder with MNIST/ or FashionMNIST/ (torchvision layout)")
+    p.add_argument("--from-csv", action="store_true",
+                   help="rebuild the tables and figures from the CSVs already in --out, without running anything")
     return p
+
+
+def study_main(doc: str, run: Callable[[argparse.Namespace], dict], argv: Sequence[str] | None, *,
+               report: Callable[..., dict] | None = None, csvs: Sequence[str] = (),
+               extra: Callable[[argparse.ArgumentParser], None] | None = None) -> dict:
+    """Parse a study's command line (:func:`base_parser` plus its ``extra`` arguments) and run it; with
+    ``--from-csv``, ``report`` the rows of the ``csvs`` already in ``--out`` instead."""
+    parser = base_parser(doc.splitlines()[0])
+    if extra is not None:
+        extra(parser)
+    args = parse_args(parser, argv)
+    if args.from_csv:
+        if report is None:
+            raise SystemExit(f"{parser.prog}: --from-csv is not supported by this study; run it again")
+        return report_from_csv(args, csvs, report)
+    return run(args)
+
+
+def start(args: argparse.Namespace) -> tuple[Timer, Data]:
+    """One intra-op thread, a started :class:`Timer` and the data set ``args`` names."""
+    setup_torch()
+    return Timer(), load_data(args.data, args.root)
+
+
+def default_out(args: argparse.Namespace) -> str:
+    """``docs/results`` for the quick digits runs, ``docs/results/<data>`` for other quick runs and
+    ``docs/results/full/<data>`` for full-setting runs."""
+    if args.quick:
+        return DEFAULT_OUT if args.data == "digits" else os.path.join(DEFAULT_OUT, args.data)
+    return os.path.join(DEFAULT_OUT, "full", args.data)
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv`` and fill in the default output folder."""
+    args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = default_out(args)
+    return args
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -65,6 +105,11 @@ class Data:
     y_train: Tensor
     x_test: Tensor
     y_test: Tensor
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one input: ``(1, 28, 28)`` for the digits, ``(1, 40)`` for MNIST-1D."""
+        return tuple(self.x_train.shape[1:])
 
 
 def _stack(loader: Iterable[Any]) -> tuple[Tensor, Tensor]:
@@ -82,22 +127,27 @@ def load_data(name: str = "digits", root: str = "data") -> Data:
     """All of a data set's train and test split as tensors ``[N, 1, 28, 28]``, loaded once per process.
 
     ``digits``: the bundled scikit-learn digits resized to 28x28 (1,258 train / 359 test; the 180
-    validation images are not used). ``mnist`` / ``fashion-mnist``: torchvision files under ``root``
+    validation images are not used). ``mnist1d``: MNIST-1D generated offline, the benchmark's 4,000 train /
+    1,000 test sequences ``[N, 1, 40]``. ``mnist`` / ``fashion-mnist``: torchvision files under ``root``
     (never downloaded); the 10% validation split is held out as in SPP.
     """
     key = (name, root)
     if key in _CACHE:
         return _CACHE[key]
     if name == "digits":
-        from lightning_prune_init.data import DigitsDataModule
+        from lightning_prune_init.papers import DigitsDataModule
 
         dm = DigitsDataModule(batch_size=1000, resize_to=28)
+    elif name == "mnist1d":
+        from lightning_prune_init.papers import MNIST1DDataModule
+
+        dm = MNIST1DDataModule(batch_size=1000, val_fraction=0.0)
     elif name == "mnist":
-        from lightning_prune_init.data import MNISTDataModule
+        from lightning_prune_init.papers import MNISTDataModule
 
         dm = MNISTDataModule(root=root, batch_size=1000)
     elif name == "fashion-mnist":
-        from lightning_prune_init.data import FashionMNISTDataModule
+        from lightning_prune_init.papers import FashionMNISTDataModule
 
         dm = FashionMNISTDataModule(root=root, batch_size=1000)
     else:
@@ -122,13 +172,20 @@ def batches_of(x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator
 
 
 # -------------------------------------------------------------------------------------------- pruning
-def make_model(arch: str, init: str, seed: int, depth: int = 7, activation: str = "tanh", width: int = 100) -> nn.Module:
-    """``arch`` is ``"mlp"`` (MLP-``depth``) or ``"lenet300"``; ``init`` a key of :data:`INITS`."""
+def make_model(arch: str, init: str, seed: int, depth: int = 7, activation: str = "tanh", width: int = 100,
+               input_shape: Sequence[int] = (1, 28, 28)) -> nn.Module:
+    """``arch`` is ``"mlp"`` (MLP-``depth``), ``"lenet300"`` or ``"conv1d"``; ``init`` a key of :data:`INITS`.
+
+    ``input_shape``: the shape of one input (``Data.input_shape``); the fully connected nets take
+    ``prod(input_shape)`` inputs, the 1-D CNN ``input_shape = (channels, length)``.
+    """
     torch.manual_seed(seed)
     if arch == "mlp":
-        model = build_network("mlp", depth=depth, width=width, activation=activation)
+        model = build_network("mlp", depth=depth, width=width, activation=activation, input_shape=tuple(input_shape))
+    elif arch == "conv1d":
+        model = build_network("conv1d", in_channels=input_shape[0], input_length=input_shape[-1])
     else:
-        model = build_network(arch)
+        model = build_network(arch, input_shape=tuple(input_shape))
     init_model_(model, INITS.get(init, init), gain=1.0, zero_biases=True, generator=torch.Generator().manual_seed(seed))
     return model
 
@@ -269,6 +326,36 @@ def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
             w.writerow(r)
 
 
+def read_csv(path: str) -> list[dict[str, Any]]:
+    """The rows :func:`write_csv` wrote, typed back: ints stay ints, floats floats (``repr`` round-trips
+    exactly), everything else a string."""
+    def typed(v: str) -> Any:
+        for kind in (int, float):
+            try:
+                return kind(v)
+            except ValueError:
+                pass
+        return v
+
+    with open(path, newline="") as f:
+        return [{k: typed(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def save_and_report(args: argparse.Namespace, study: str, csvs: Mapping[str, list[dict[str, Any]]],
+                    report: Callable[..., dict], timer: Timer) -> dict:
+    """Write each ``{file name: rows}`` CSV into ``args.out``, then ``report(args, *rows)``; prints the time."""
+    for name, rows in csvs.items():
+        write_csv(os.path.join(args.out, name), rows)
+    out = report(args, *csvs.values())
+    print(f"{study}: wrote {args.out} in {timer}")
+    return out
+
+
+def report_from_csv(args: argparse.Namespace, names: Sequence[str], report: Callable[..., dict]) -> dict:
+    """``report(args, *rows)`` with the rows read back from the CSVs ``names`` in ``args.out`` (``--from-csv``)."""
+    return report(args, *(read_csv(os.path.join(args.out, n)) for n in names))
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
@@ -294,7 +381,9 @@ def command_line(module: str, args: argparse.Namespace) -> str:
     cmd = f".venv/bin/python -m experiments.{module}"
     if args.quick:
         cmd += " --quick"
-    if args.data != "digits":
+    if args.data == "mnist1d":
+        cmd += " --data mnist1d"
+    elif args.data != "digits":
         cmd += f" --data {args.data} --root {args.root}"
     if args.seeds != 3:
         cmd += f" --seeds {args.seeds}"

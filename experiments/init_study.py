@@ -3,10 +3,12 @@
 MLP-K (K = 3, 5, 7; width 100; linear and tanh) under VS-L, VS-G, VS-H and orthogonal init, pruned by
 SNIP (true labels, one batch of 100, global threshold) at 10..90% sparsity. No training.
 
-    .venv/bin/python -m experiments.init_study [--quick] [--seeds 3] [--out docs/results]
+    .venv/bin/python -m experiments.init_study [--quick] [--seeds 3] [--data digits|mnist1d] [--out DIR]
 
-Writes ``init_study.csv`` (one row per seed x network x init x sparsity x layer), ``init_study.md`` and
-``init_study_density_K{K}.png`` (the paper's Figure 1: density per layer, one line per sparsity).
+Writes ``init_study.csv`` (one row per seed x network x init x sparsity x layer), ``init_study_jsv.csv``,
+``init_study.md`` and ``init_study_density_K{K}.png`` (the paper's Figure 1: density per layer, one line per
+sparsity). Full mode adds the paired differences between inits with 95% intervals (:mod:`experiments.stats`).
+``--from-csv`` rebuilds the markdown and figures from the CSVs in ``--out``.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from collections import defaultdict
 import torch
 
 from experiments import common as C
+from experiments.stats import mean_interval, paired_difference
 from lightning_prune_init import apply_masks
 
+CSVS = ("init_study.csv", "init_study_jsv.csv")
 SPARSITIES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
 
@@ -27,25 +31,22 @@ def hidden(names: list[str]) -> list[str]:
     return names[1:-1]
 
 
+DEPTHS = [3, 5, 7]
+
+
 def run(args) -> dict:
-    C.setup_torch()
-    timer = C.Timer()
-    data = C.load_data(args.data, args.root)
-    depths = [3, 5, 7]
-    probe_n = 16 if args.quick else 64
-    probe = data.x_test[:probe_n]
+    timer, data = C.start(args)
+    probe = data.x_test[:probe_size(args)]
     rows, jsv_rows = [], []
-    dens = defaultdict(list)  # (K, act, init, sparsity, layer) -> [density per seed]
     for seed in range(args.seeds):
-        for K in depths:
+        for K in DEPTHS:
             for act in ["linear", "tanh"]:
                 for init in C.INITS:
-                    model = C.make_model("mlp", init, seed, depth=K, activation=act)
+                    model = C.make_model("mlp", init, seed, depth=K, activation=act, input_shape=data.input_shape)
                     for sp in SPARSITIES:
                         masks = C.snip_masks(model, data, sp, seed)
                         for layer, d in C.densities(masks).items():
                             layer = layer.removesuffix(".weight")
-                            dens[(K, act, init, sp, layer)].append(d)
                             rows.append(dict(seed=seed, K=K, activation=act, init=init, sparsity=sp, layer=layer, density=d))
                     # JSV before and after pruning at 90%.
                     before_l = C.jsv(model, probe, "layerwise")
@@ -64,7 +65,21 @@ def run(args) -> dict:
                         e2e_mean_after=after_e.mean, e2e_std_after=after_e.std, e2e_cond_after=after_e.cond,
                     ))
     print(f"init_study: grid done in {timer}")
+    return C.save_and_report(args, "init_study", dict(zip(CSVS, (rows, jsv_rows))), report, timer)
 
+
+def probe_size(args) -> int:
+    """Inputs of the Jacobian probe: 16 test inputs in quick mode, 64 in full mode."""
+    return 16 if args.quick else 64
+
+
+def report(args, rows: list[dict], jsv_rows: list[dict]) -> dict:
+    """Write ``init_study.md`` and the figures from the rows; returns the summary, JSV rows and densities."""
+    depths, probe_n = DEPTHS, probe_size(args)
+    seeds = len({r["seed"] for r in rows})
+    dens = defaultdict(list)  # (K, act, init, sparsity, layer) -> [density per seed]
+    for r in rows:
+        dens[(r["K"], r["activation"], r["init"], r["sparsity"], r["layer"])].append(r["density"])
     # Summary metrics at 90% sparsity, per seed.
     summary = []
     for K in depths:
@@ -73,15 +88,13 @@ def run(args) -> dict:
                 layers = [f"fc{i}" for i in range(1, K + 1)]
                 h = hidden(layers)
                 ratio, late = [], []
-                for s in range(args.seeds):
+                for s in range(seeds):
                     d = {l: dens[(K, act, init, 0.9, l)][s] for l in layers}
                     hd = [d[l] for l in h]
                     ratio.append(max(hd) / min(hd) if min(hd) > 0 else float("inf"))
                     late.append(d[h[-1]] / d[h[0]] if d[h[0]] > 0 else float("inf"))
                 summary.append(dict(K=K, activation=act, init=init, layers=layers, ratio=ratio, late=late))
     out = args.out
-    C.write_csv(os.path.join(out, "init_study.csv"), rows)
-    C.write_csv(os.path.join(out, "init_study_jsv.csv"), jsv_rows)
 
     # Figures: one per K, rows = activation, columns = init, lines = sparsity.
     for K in depths:
@@ -104,7 +117,7 @@ def run(args) -> dict:
                 if c == 0:
                     ax.set_ylabel("density (kept fraction)")
         axes[0][3].legend(title="sparsity", fontsize=7, ncol=2)
-        fig.suptitle(f"SNIP per-layer density, MLP-{K} on {data.name} (mean ± std over {args.seeds} seeds)")
+        fig.suptitle(f"SNIP per-layer density, MLP-{K} on {args.data} (mean ± std over {seeds} seeds)")
         C.savefig(fig, os.path.join(out, f"init_study_density_K{K}.png"))
 
     # Markdown.
@@ -123,8 +136,8 @@ def run(args) -> dict:
                            C.fmt(g("e2e_mean_before"), 3), C.fmt(g("e2e_mean_after"), 3),
                            C.fmt(g("e2e_cond_before"), 1), C.fmt(g("e2e_cond_after"), 1)])
     cmd = C.command_line("init_study", args)
-    C.write_md(os.path.join(out, "init_study.md"), "Initialization study (SPP Figure 1)", cmd, [
-        (f"Per-layer density at 90% sparsity ({data.name}, {args.seeds} seeds)",
+    sections = [
+        (f"Per-layer density at 90% sparsity ({args.data}, {seeds} seeds)",
          "Density = kept fraction; layers fc1..fcK (mean over seeds). `hidden max/min`: ratio of the largest "
          "to the smallest density among the hidden width x width layers (1 = uniform). `last/first hidden`: "
          "density of the last hidden layer over the first hidden layer (< 1: later layers pruned more).\n\n"
@@ -134,15 +147,47 @@ def run(args) -> dict:
          "Jacobian, mean singular value and condition number (max/min), pooled over the probe.\n\n"
          + C.markdown_table(["net", "act", "init", "layerwise before", "layerwise after", "e2e mean before",
                              "e2e mean after", "e2e cond before", "e2e cond after"], t2)),
-        ("Figures", "\n".join(f"![MLP-{K}](init_study_density_K{K}.png)" for K in depths) + "\n"),
-    ])
-    print(f"init_study: wrote {out} in {timer}")
-    return {"summary": summary, "jsv": jsv_rows, "density": dens}
+    ]
+    diffs = [] if args.quick else differences(summary, jsv_rows)
+    if diffs:
+        sections.append((
+            f"Differences at 90% sparsity, mean over {seeds} seeds [95% interval], paired by seed",
+            "`orth. − VS-x (max/min)`: hidden max/min under orthogonal init minus under VS-x (< 0: orthogonal "
+            "prunes the hidden layers more uniformly). `VS-H − orth. (last/first)`: the last/first hidden ratio "
+            "under VS-H minus under orthogonal (< 0: VS-H prunes the later layers more). `VS-H last/first`: the "
+            "ratio itself (< 1: later layers pruned more). `layerwise after − before`: the change of the "
+            "layerwise mean singular value by pruning, orthogonal init. MLP-3 has one hidden layer, so its "
+            "ratios are 1.\n\n"
+            + C.markdown_table(["net", "act", "orth. − VS-L (max/min)", "orth. − VS-G (max/min)",
+                                "orth. − VS-H (max/min)", "VS-H − orth. (last/first)", "VS-H last/first",
+                                "layerwise after − before (orth.)"],
+                               [[d["net"], d["act"], *(d[f"uniform_{v}"].format() for v in ("VS-L", "VS-G", "VS-H")),
+                                 d["late"].format(), d["vsh_late"].format(signed=False), d["lw_drop"].format(3)] for d in diffs])))
+    sections.append(("Figures", "\n".join(f"![MLP-{K}](init_study_density_K{K}.png)" for K in depths) + "\n"))
+    C.write_md(os.path.join(out, "init_study.md"), "Initialization study (SPP Figure 1)", cmd, sections)
+    return {"summary": summary, "jsv": jsv_rows, "density": dens, "differences": diffs}
+
+
+def differences(summary: list[dict], jsv_rows: list[dict]) -> list[dict]:
+    """Per network and activation, the paired differences between inits the write-up uses."""
+    by = {(s["K"], s["activation"], s["init"]): s for s in summary}
+    out = []
+    for K in DEPTHS:
+        for act in ["linear", "tanh"]:
+            orth, vsh = by[(K, act, "orthogonal")], by[(K, act, "VS-H")]
+            jsv = [r for r in jsv_rows if r["K"] == K and r["activation"] == act and r["init"] == "orthogonal"]
+            out.append(dict(
+                net=f"MLP-{K}", act=act,
+                **{f"uniform_{v}": paired_difference(orth["ratio"], by[(K, act, v)]["ratio"]) for v in ("VS-L", "VS-G", "VS-H")},
+                late=paired_difference(vsh["late"], orth["late"]),
+                vsh_late=mean_interval(vsh["late"]),
+                lw_drop=paired_difference([r["layerwise_mean_after"] for r in jsv], [r["layerwise_mean_before"] for r in jsv]),
+            ))
+    return out
 
 
 def main(argv=None) -> dict:
-    args = C.base_parser(__doc__.splitlines()[0]).parse_args(argv)
-    return run(args)
+    return C.study_main(__doc__, run, argv, report=report, csvs=CSVS)
 
 
 if __name__ == "__main__":

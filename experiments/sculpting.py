@@ -19,18 +19,17 @@ import os
 import numpy as np
 
 from experiments import common as C
-from lightning_prune_init.models import build_network, count_weights
+from lightning_prune_init.papers import build_network, count_weights
 
 WIDTH, DEPTH = 500, 5
 
 
 def run(args) -> dict:
-    C.setup_torch()
-    timer = C.Timer()
-    data = C.load_data(args.data, args.root)
+    timer, data = C.start(args)
     steps = 300 if args.quick else 10000
-    budget = count_weights(build_network("lenet300"))
-    big = count_weights(build_network("mlp", depth=DEPTH, width=WIDTH, activation="relu"))
+    shape = data.input_shape
+    budget = count_weights(build_network("lenet300", input_shape=shape))
+    big = count_weights(build_network("mlp", depth=DEPTH, width=WIDTH, activation="relu", input_shape=shape))
     sparsity = 1 - budget / big
     rows, results = [], {}
     configs = ["LeNet-300-100 (dense)", f"MLP-{DEPTH}x{WIDTH} label-free", f"MLP-{DEPTH}x{WIDTH} data-free",
@@ -38,10 +37,11 @@ def run(args) -> dict:
     for name in configs:
         for seed in range(args.seeds):
             if name.startswith("LeNet"):
-                model = C.make_model("lenet300", "orthogonal", seed)
+                model = C.make_model("lenet300", "orthogonal", seed, input_shape=shape)
                 masks, kept = None, budget
             else:
-                model = C.make_model("mlp", "orthogonal", seed, depth=DEPTH, activation="relu", width=WIDTH)
+                model = C.make_model("mlp", "orthogonal", seed, depth=DEPTH, activation="relu", width=WIDTH,
+                                     input_shape=shape)
                 if name.endswith("random"):
                     masks = C.random_masks(model, sparsity, seed)
                 else:
@@ -79,8 +79,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> dict:
-    args = C.base_parser(__doc__.splitlines()[0]).parse_args(argv)
-    return run(args)
+    return C.study_main(__doc__, run, argv)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,11 @@ true-labelled images; random pruning by ``criterion_masks(criterion="random")``;
 ``approximate_isometry`` (plain SGD, lr 0.1, target I; 10,000 steps as in the authors' code, 1,000 in
 ``--quick``).
 
-    .venv/bin/python -m experiments.signal_propagation [--quick] [--seeds 3] [--out docs/results]
+    .venv/bin/python -m experiments.signal_propagation [--quick] [--seeds 3] [--data digits|mnist1d] [--out DIR]
 
 Writes ``signal_propagation.csv`` (seed x activation x stage x layer), ``signal_propagation.md`` and
-``signal_propagation.png``.
+``signal_propagation.png``. Full mode adds the paired differences between stages with 95% intervals
+(:mod:`experiments.stats`). ``--from-csv`` rebuilds the markdown and figure from the CSV in ``--out``.
 """
 
 from __future__ import annotations
@@ -18,23 +19,27 @@ import copy
 import os
 
 from experiments import common as C
+from experiments.stats import paired_difference
 from lightning_prune_init import apply_masks
 
+CSVS = ("signal_propagation.csv",)
 STAGES = ["init", "SNIP", "SNIP + repair", "random", "random + repair"]
 
 
+def settings(args) -> tuple[int, int]:
+    """Repair steps and probe size: 1,000 and 16 in quick mode, 10,000 and 64 in full mode."""
+    return (1000, 16) if args.quick else (10000, 64)
+
+
 def run(args) -> dict:
-    C.setup_torch()
-    timer = C.Timer()
-    data = C.load_data(args.data, args.root)
-    steps = 1000 if args.quick else 10000
-    probe_n = 16 if args.quick else 64
+    timer, data = C.start(args)
+    steps, probe_n = settings(args)
     probe = data.x_test[:probe_n]
     sparsity = 0.9
     rows = []
     for seed in range(args.seeds):
         for act in ["linear", "tanh"]:
-            base = C.make_model("mlp", "orthogonal", seed, depth=7, activation=act)
+            base = C.make_model("mlp", "orthogonal", seed, depth=7, activation=act, input_shape=data.input_shape)
             models = {"init": base}
             for crit in ["SNIP", "random"]:
                 m = copy.deepcopy(base)
@@ -54,12 +59,18 @@ def run(args) -> dict:
                 rows.append(dict(seed=seed, activation=act, stage=stage, scope="end_to_end", layer="end_to_end",
                                  mean=e2e.mean, std=e2e.std, min=e2e.min, max=e2e.max, cond=e2e.cond))
     print(f"signal_propagation: grid done in {timer}")
+    return C.save_and_report(args, "signal_propagation", dict(zip(CSVS, (rows,))), report, timer)
+
+
+def report(args, rows: list[dict]) -> dict:
+    """Write ``signal_propagation.md`` and the figure from the rows; returns the summary and the rows."""
     out = args.out
-    C.write_csv(os.path.join(out, "signal_propagation.csv"), rows)
+    steps, probe_n = settings(args)
+    seeds = len({r["seed"] for r in rows})
 
     def per_seed(act, stage, key, scope="layerwise", reduce="mean"):
         vals = []
-        for s in range(args.seeds):
+        for s in range(seeds):
             rs = [r[key] for r in rows if r["seed"] == s and r["activation"] == act and r["stage"] == stage and r["scope"] == scope]
             vals.append(sum(rs) / len(rs))
         return vals
@@ -67,7 +78,7 @@ def run(args) -> dict:
     def dist1(act, stage):
         """Mean over layers of |mean singular value - 1| + std: distance of the layer spectra from 1."""
         vals = []
-        for s in range(args.seeds):
+        for s in range(seeds):
             rs = [r for r in rows if r["seed"] == s and r["activation"] == act and r["stage"] == stage and r["scope"] == "layerwise"]
             vals.append(sum(abs(r["mean"] - 1) + r["std"] for r in rs) / len(rs))
         return vals
@@ -103,21 +114,46 @@ def run(args) -> dict:
     C.savefig(fig, os.path.join(out, "signal_propagation.png"))
 
     cmd = C.command_line("signal_propagation", args)
-    C.write_md(os.path.join(out, "signal_propagation.md"), "Signal propagation: init, pruning, repair", cmd, [
-        (f"Jacobian singular values, MLP-7, orthogonal init, 90% sparsity ({data.name}, {args.seeds} seeds, repair {steps} SGD steps)",
+    sections = [
+        (f"Jacobian singular values, MLP-7, orthogonal init, 90% sparsity ({args.data}, {seeds} seeds, repair {steps} SGD steps)",
          "`layerwise mean`/`layerwise std`: mean and std of each layer Jacobian's singular values (probe of "
          f"{probe_n} test images, exact), averaged over the 7 layers. `dist. from 1`: average over layers of "
          "|mean − 1| + std (0 = every layer isometric). `e2e`: input-to-logit Jacobian.\n\n"
          + C.markdown_table(["act", "stage", "layerwise mean", "layerwise std", "dist. from 1", "e2e mean", "e2e cond"], table)),
-        ("Figure", "![signal propagation](signal_propagation.png)\n"),
-    ])
-    print(f"signal_propagation: wrote {out} in {timer}")
-    return {"summary": summary, "rows": rows}
+    ]
+    diffs = [] if args.quick else differences(summary)
+    if diffs:
+        sections.append((
+            f"Differences of `dist. from 1`, mean over {seeds} seeds [95% interval], paired by seed",
+            "< 0: the first stage is closer to isometry than the second.\n\n"
+            + C.markdown_table(["act", "SNIP + repair − SNIP", "random + repair − random", "random − SNIP",
+                                "random + repair − SNIP + repair", "SNIP + repair − init"],
+                               [[d["act"], *(d[k].format(3) for k in ("repair_snip", "repair_random", "random_vs_snip",
+                                                                      "repaired_random_vs_snip", "repaired_vs_init"))]
+                                for d in diffs])))
+    sections.append(("Figure", "![signal propagation](signal_propagation.png)\n"))
+    C.write_md(os.path.join(out, "signal_propagation.md"), "Signal propagation: init, pruning, repair", cmd, sections)
+    return {"summary": summary, "rows": rows, "differences": diffs}
+
+
+def differences(summary: dict) -> list[dict]:
+    """Per activation, the paired differences of the distance from isometry the write-up uses."""
+    out = []
+    for act in ["linear", "tanh"]:
+        d = {stage: summary[(act, stage)]["dist"] for stage in STAGES}
+        out.append(dict(
+            act=act,
+            repair_snip=paired_difference(d["SNIP + repair"], d["SNIP"]),
+            repair_random=paired_difference(d["random + repair"], d["random"]),
+            random_vs_snip=paired_difference(d["random"], d["SNIP"]),
+            repaired_random_vs_snip=paired_difference(d["random + repair"], d["SNIP + repair"]),
+            repaired_vs_init=paired_difference(d["SNIP + repair"], d["init"]),
+        ))
+    return out
 
 
 def main(argv=None) -> dict:
-    args = C.base_parser(__doc__.splitlines()[0]).parse_args(argv)
-    return run(args)
+    return C.study_main(__doc__, run, argv, report=report, csvs=CSVS)
 
 
 if __name__ == "__main__":

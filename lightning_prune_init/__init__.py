@@ -7,7 +7,6 @@ and data-free pruning, masks that survive training, resume and DDP, and signal-p
 
 from lightning_prune_init.ablations import random_masks_like, reinitialize_kept_, shuffle_masks
 from lightning_prune_init.callbacks import IsometryRepair, PruneAtInitCallback, SignalPropagationMonitor
-from lightning_prune_init.data import CIFAR10DataModule, DigitsDataModule, FashionMNISTDataModule, MNISTDataModule
 from lightning_prune_init.init import delta_orthogonal_, init_model_, orthogonal_, variance_scaling_
 from lightning_prune_init.isometry import (
     IsometryReport,
@@ -27,7 +26,6 @@ from lightning_prune_init.masks import (
     to_torch_prune,
     unpack_masks,
 )
-from lightning_prune_init.models import ImageClassifier, build_network, count_weights
 from lightning_prune_init.parameters import prunable_parameters
 from lightning_prune_init.scoring import (
     CRITERIA,
@@ -73,13 +71,6 @@ __all__ = [
     "orthogonality_error",
     "orthogonality_errors",
     "variance_scaling_",
-    "CIFAR10DataModule",
-    "DigitsDataModule",
-    "FashionMNISTDataModule",
-    "ImageClassifier",
-    "MNISTDataModule",
-    "build_network",
-    "count_weights",
     "LayerCollapseError",
     "LayerCollapseWarning",
     "PruneAtInitCallback",

@@ -15,6 +15,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lightning_prune_init  # noqa: F401  (registers the callbacks' short names for the CLI)
+import lightning_prune_init.papers  # noqa: F401  (registers ImageClassifier and the data modules' short names)
 from lightning_prune_init.summary import print_fit_summary
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_prune_init.data import (
+from lightning_prune_init.papers import (
     CIFAR10DataModule,
     DigitsDataModule,
     FashionMNISTDataModule,

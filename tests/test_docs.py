@@ -14,13 +14,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from lightning_prune_init import (
-    MNISTDataModule,
     PruneAtInitCallback,
     connection_sensitivity,
     prunable_parameters,
     select_masks,
 )
 
+from lightning_prune_init.papers import MNISTDataModule
 from tests.helpers import Classifier, lenet300, trainer_kwargs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

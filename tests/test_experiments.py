@@ -1,5 +1,7 @@
 """The reproduction experiments (``experiments/``) in ``--quick`` mode: each writes its files, and the
-robust findings of SPP/SNIP that ``docs/results.md`` claims hold in the direction the paper says.
+robust findings of SPP/SNIP that ``docs/results.md`` claims hold in the direction the paper says. The full
+mode's interval tables are checked on synthetic rows (the full runs take hours), and MNIST-1D's inputs
+against every network the studies build.
 
 Bounds are set from the quick-mode numbers measured on the bundled digits (see docs/results.md), with
 margin; findings that did not reproduce, or were within seed noise, are deliberately not asserted.
@@ -70,6 +72,12 @@ def test_trainability(tmp_path):
     rep = [x.final_train_loss for x in r[("MLP-7 tanh", 0.9, "orthogonal + repair")]]
     plain = [x.final_train_loss for x in r[("MLP-7 tanh", 0.9, "orthogonal")]]
     assert statistics.fmean(rep) < 0.75 * statistics.fmean(plain)
+    # The markdown is rebuilt byte for byte from the two CSVs alone (what the long full runs rely on);
+    # quick mode reports directions only, no intervals.
+    first = (tmp_path / "trainability.md").read_bytes()
+    (tmp_path / "trainability.md").unlink()
+    again = trainability.main(["--quick", "--out", str(tmp_path), "--from-csv"])
+    assert (tmp_path / "trainability.md").read_bytes() == first and again["differences"] == []
 
 
 def test_supervision(tmp_path):
@@ -98,3 +106,46 @@ def test_sculpting(tmp_path):
     # Every network has exactly LeNet-300-100's weight budget.
     assert len({row["weights"] for row in res["rows"]}) == 1
     assert all(statistics.fmean(v) < 10 for v in res["results"].values())
+
+
+def test_full_mode_differences_are_paired_t_intervals(tmp_path):
+    # Synthetic full-mode rows: the differences table holds the paired mean and its t-interval (t_{0.975,4}).
+    from experiments import common as C
+    from experiments import trainability
+
+    errors = {"dense": [1.0, 1.2, 1.1, 0.9, 1.0], "VS-H": [9.0, 8.0, 10.0, 9.5, 8.5],
+              "orthogonal": [5.0, 6.0, 5.5, 4.5, 5.0], "orthogonal + repair": [4.0, 4.5, 4.5, 4.0, 4.5]}
+    rows, curves = [], []
+    for sp in (0.0, 0.9, 0.95, 0.98):
+        for method, errs in errors.items():
+            if (sp == 0.0) != (method == "dense"):
+                continue
+            for seed, e in enumerate(errs):
+                rows.append(dict(net="MLP-7 tanh", sparsity=sp, method=method, seed=seed, test_error=e, train_loss=e / 10))
+                for step in (500, 1000):
+                    curves.append(dict(net="MLP-7 tanh", sparsity=sp, method=method, seed=seed, step=step,
+                                       test_error=2 * e if step == 500 else e, train_loss=e / 10))
+    C.write_csv(str(tmp_path / "trainability.csv"), rows)
+    C.write_csv(str(tmp_path / "trainability_curves.csv"), curves)
+    res = trainability.main(["--seeds", "5", "--out", str(tmp_path), "--from-csv"])
+    d = res["differences"][0]
+    diff = [r - o for r, o in zip(errors["orthogonal + repair"], errors["orthogonal"])]  # -1, -1.5, -1, -0.5, -0.5
+    half = 2.7764451051977987 * statistics.stdev(diff) / 5**0.5
+    assert d["repair_error"].mean == pytest.approx(-0.9)
+    assert (d["repair_error"].low, d["repair_error"].high) == pytest.approx((-0.9 - half, -0.9 + half))
+    assert d["repair_error"].verdict == "lower" and d["vsh_error"].verdict == "higher"
+    assert d["repair_early"].mean == pytest.approx(-1.8)
+    text = (tmp_path / "trainability.md").read_text()
+    assert "Produced by `.venv/bin/python -m experiments.trainability --seeds 5`" in text
+    assert f"{-0.9:+.2f} [{-0.9 - half:+.2f}, {-0.9 + half:+.2f}]" in text
+
+
+def test_mnist1d_inputs_reach_every_network():
+    from experiments import common as C
+
+    data = C.load_data("mnist1d")
+    assert data.x_train.shape == (4000, 1, 40) and data.x_test.shape == (1000, 1, 40)
+    assert data.input_shape == (1, 40)
+    for arch in ("mlp", "lenet300", "conv1d"):
+        model = C.make_model(arch, "orthogonal", 0, input_shape=data.input_shape)
+        assert model(data.x_test[:3]).shape == (3, 10)

@@ -504,13 +504,12 @@ def test_progress_bar_counts_every_step(monkeypatch):
 
 
 def test_masks_default_to_the_attached_ones():
-    masking = pytest.importorskip("lightning_prune_init.masks")
-    if not hasattr(masking, "apply_masks"):
-        pytest.skip("masking.apply_masks not available yet")
+    from lightning_prune_init import apply_masks
+
     model = _mlp7()
     masks = {n: torch.rand(p.shape, generator=_gen(13)) < 0.3 for n, p in model.named_parameters() if p.dim() > 1}
     explicit = copy.deepcopy(model)
-    masking.apply_masks(model, masks)
+    apply_masks(model, masks)
     approximate_isometry(model, steps=100, progress=False)
     approximate_isometry(explicit, masks=masks, steps=100, progress=False)
     for name, p in model.named_parameters():

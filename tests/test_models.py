@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_prune_init.models import (
+from lightning_prune_init.papers import (
     MLP,
     NETWORKS,
     VGG,
@@ -250,7 +250,7 @@ def test_fit_on_digits_logs_metrics_and_reloads(tmp_path) -> None:
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
-    from lightning_prune_init.data import DigitsDataModule
+    from lightning_prune_init.papers import DigitsDataModule
 
     L.seed_everything(0, workers=True)
     model = ImageClassifier("lenet300", lr=0.05, scheduler="cosine")
@@ -279,7 +279,7 @@ def test_fit_on_digits_logs_metrics_and_reloads(tmp_path) -> None:
 def test_lightning_cli_builds_classifier_from_config(tmp_path, monkeypatch) -> None:
     from lightning.pytorch.cli import LightningCLI
 
-    from lightning_prune_init.data import DigitsDataModule
+    from lightning_prune_init.papers import DigitsDataModule
 
     monkeypatch.setattr("sys.argv", ["lightning-prune-init"])
     trainer = {"logger": False, "default_root_dir": str(tmp_path), "enable_progress_bar": False}
@@ -298,7 +298,7 @@ def test_lightning_cli_builds_classifier_from_config(tmp_path, monkeypatch) -> N
     assert isinstance(cli.model.network, MLP) and cli.model.network.depth == 7
     assert cli.model.hparams.optimizer == "adam" and cli.datamodule.resize_to == 28
     # A network given as a class path is built by the CLI and passed as a module.
-    resnet = {"class_path": "lightning_prune_init.models.CifarResNet",
+    resnet = {"class_path": "lightning_prune_init.papers.CifarResNet",
               "init_args": {"depth": 20, "in_channels": 1, "input_size": 28}}
     cli = LightningCLI(ImageClassifier, DigitsDataModule, run=False,
                        args={"model": {"network": resnet}, "trainer": trainer, "seed_everything": 0})

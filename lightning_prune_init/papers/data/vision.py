@@ -1,22 +1,17 @@
-"""Data modules: scikit-learn's bundled digits (offline, the default) and torchvision data sets.
+"""MNIST, Fashion-MNIST and CIFAR-10 through torchvision's readers, on files under a folder (download opt-in).
 
-Every module yields batches ``(images [B, C, H, W] float32, targets [B] int64)`` and exposes
-``num_classes`` (10) and ``dims`` (``(C, H, W)`` of one image). After ``setup`` the splits are
-``train_dataset``, ``val_dataset`` and ``test_dataset``.
-
-- :class:`DigitsDataModule`: the 1,797 8x8 digits bundled with scikit-learn; needs no download.
-- :class:`MNISTDataModule`, :class:`FashionMNISTDataModule`, :class:`CIFAR10DataModule`: torchvision's
-  readers on files under ``root``. With ``download=False`` (default) missing files raise one
-  ``FileNotFoundError`` naming the folder and the files expected there.
-
-Normalisation constants (``mean``/``std`` class attributes) are the pixel statistics of each
-official training set after scaling to [0, 1]:
+With ``download=False`` (default) missing files raise one ``FileNotFoundError`` naming the folder and the
+files expected there. Normalisation constants (``mean``/``std`` class attributes) are the pixel statistics
+of each official training set after scaling to [0, 1]:
 
 - MNIST: mean 0.1307, std 0.3081;
 - Fashion-MNIST: mean 0.2860, std 0.3530;
 - CIFAR-10 (per channel R, G, B): mean (0.4914, 0.4822, 0.4465), std (0.2470, 0.2435, 0.2616),
   the standard deviation over all training pixels of each channel (the often copied
   (0.2023, 0.1994, 0.2010) is the mean of per-image standard deviations).
+
+>>> MNISTDataModule(root="data").dims, CIFAR10DataModule.dims
+((1, 28, 28), (3, 32, 32))
 """
 
 from __future__ import annotations
@@ -28,169 +23,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import Dataset
 
-__all__ = [
-    "DigitsDataModule",
-    "MNISTDataModule",
-    "FashionMNISTDataModule",
-    "CIFAR10DataModule",
-]
+from lightning_prune_init._validation import check_bool, check_int
+from lightning_prune_init.papers.data.loaders import LoadersMixin, check_fraction
 
-
-def _check_fraction(value: float, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{name}` must be a float in [0, 1), got {value!r}")
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"`{name}` must be in [0, 1), got {value}")
-    return float(value)
-
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
-    return value
-
-
-class _LoadersMixin:
-    """Train/val/test loaders over ``train_dataset``/``val_dataset``/``test_dataset``."""
-
-    batch_size: int
-    num_workers: int
-    train_dataset: Dataset | None
-    val_dataset: Dataset | None
-    test_dataset: Dataset | None
-
-    def _loader(self, dataset: Dataset | None, shuffle: bool, split: str) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"the {split} split is not set up: call `setup()` first")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled batches of the training split (order from torch's global RNG)."""
-        return self._loader(self.train_dataset, True, "train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, False, "val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, False, "test")
-
-
-class DigitsDataModule(_LoadersMixin, L.LightningDataModule):
-    """scikit-learn's bundled handwritten digits (1,797 images, 8x8, 10 classes): offline data.
-
-    Pipeline: pixel values 0..16 are divided by 16 (range [0, 1]); optionally resized to
-    ``resize_to`` x ``resize_to`` with bilinear interpolation (``align_corners=False``, so the
-    range stays [0, 1]); split into train/val/test stratified by class with ``seed``; optionally
-    normalised by the **training split's** pixel mean and standard deviation (one scalar each,
-    stored as ``mean``/``std``). Tensors are ``[N, 1, H, W]`` float32, targets ``[N]`` int64.
-
-    Split sizes: ``round(test_fraction * 1797)`` test, ``round(val_fraction * 1797)`` validation,
-    the rest training; with the defaults 1,258 / 180 / 359. The original indices (into
-    ``sklearn.datasets.load_digits()``) of each split are kept in ``split_indices``.
-
-    Args:
-        batch_size: samples per batch. Default 64.
-        resize_to: output side in pixels, or ``None`` to keep 8x8. Default 28 (MNIST-sized, so the
-            MNIST networks of the papers apply unchanged).
-        val_fraction: fraction of all samples used for validation, in [0, 1). Default 0.1.
-        test_fraction: fraction of all samples used for test, in [0, 1). Default 0.2.
-        seed: seed of the split. Default 0.
-        num_workers: DataLoader workers. Default 0.
-        normalize: subtract the training mean and divide by the training std. Default True.
-    """
-
-    num_classes: int = 10
-
-    def __init__(
-        self,
-        batch_size: int = 64,
-        resize_to: int | None = 28,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        seed: int = 0,
-        num_workers: int = 0,
-        normalize: bool = True,
-    ) -> None:
-        super().__init__()
-        self.batch_size = _check_int(batch_size, "batch_size", 1)
-        if resize_to is not None:
-            _check_int(resize_to, "resize_to", 1)
-        self.resize_to = resize_to
-        self.val_fraction = _check_fraction(val_fraction, "val_fraction")
-        self.test_fraction = _check_fraction(test_fraction, "test_fraction")
-        if self.val_fraction + self.test_fraction >= 0.9:
-            raise ValueError(
-                f"`val_fraction` + `test_fraction` must leave at least 10% for training, got "
-                f"{self.val_fraction} + {self.test_fraction}"
-            )
-        self.seed = _check_int(seed, "seed", 0)
-        self.num_workers = _check_int(num_workers, "num_workers", 0)
-        self.normalize = bool(normalize)
-        self.save_hyperparameters()
-        side = 8 if resize_to is None else resize_to
-        self.dims: tuple[int, int, int] = (1, side, side)
-        self.mean: float | None = None
-        self.std: float | None = None
-        self.split_indices: dict[str, np.ndarray] = {}
-        self.train_dataset: TensorDataset | None = None
-        self.val_dataset: TensorDataset | None = None
-        self.test_dataset: TensorDataset | None = None
-
-    def setup(self, stage: str | None = None) -> None:
-        """Load, scale, resize, split and normalise; all splits at once, only on the first call."""
-        if self.train_dataset is not None:
-            return
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-
-        digits = load_digits()
-        images = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)  # [1797, 1, 8, 8]
-        targets = torch.from_numpy(digits.target.astype(np.int64))
-        if self.resize_to is not None and self.resize_to != 8:
-            images = F.interpolate(images, size=(self.resize_to, self.resize_to), mode="bilinear", align_corners=False)
-
-        n = len(targets)
-        n_test = round(self.test_fraction * n)
-        n_val = round(self.val_fraction * n)
-        rest = np.arange(n)
-        test_idx = np.array([], dtype=np.int64)
-        val_idx = np.array([], dtype=np.int64)
-        if n_test > 0:
-            rest, test_idx = train_test_split(
-                rest, test_size=n_test, stratify=digits.target[rest], random_state=self.seed
-            )
-        if n_val > 0:
-            rest, val_idx = train_test_split(
-                rest, test_size=n_val, stratify=digits.target[rest], random_state=self.seed + 1
-            )
-        self.split_indices = {"train": np.sort(rest), "val": np.sort(val_idx), "test": np.sort(test_idx)}
-
-        if self.normalize:
-            train_images = images[torch.from_numpy(self.split_indices["train"])]
-            self.mean = float(train_images.mean())
-            self.std = float(train_images.std())
-            images = (images - self.mean) / self.std
-
-        def subset(split: str) -> TensorDataset:
-            idx = torch.from_numpy(self.split_indices[split].astype(np.int64))
-            return TensorDataset(images[idx].contiguous(), targets[idx].contiguous())
-
-        self.train_dataset = subset("train")
-        self.val_dataset = subset("val")
-        self.test_dataset = subset("test")
+__all__ = ["CIFAR10DataModule", "FashionMNISTDataModule", "MNISTDataModule"]
 
 
 class _TransformedSubset(Dataset):
@@ -209,7 +48,7 @@ class _TransformedSubset(Dataset):
         return self.transform(image), int(target)
 
 
-class _TorchvisionDataModule(_LoadersMixin, L.LightningDataModule):
+class _TorchvisionDataModule(LoadersMixin, L.LightningDataModule):
     """Shared logic: file checks, download with a clear failure, seeded train/val split, transforms.
 
     Subclasses set ``name``, ``dims``, ``mean``, ``std`` and implement ``_folder``,
@@ -237,12 +76,12 @@ class _TorchvisionDataModule(_LoadersMixin, L.LightningDataModule):
         if not isinstance(root, (str, os.PathLike)):
             raise TypeError(f"`root` must be a path, got {root!r}")
         self.root = os.fspath(root)
-        self.download = bool(download)
-        self.batch_size = _check_int(batch_size, "batch_size", 1)
-        self.val_fraction = _check_fraction(val_fraction, "val_fraction")
-        self.seed = _check_int(seed, "seed", 0)
-        self.num_workers = _check_int(num_workers, "num_workers", 0)
-        self.normalize = bool(normalize)
+        self.download = check_bool("download", download)
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
+        self.val_fraction = check_fraction("val_fraction", val_fraction)
+        self.seed = check_int("seed", seed, minimum=0)
+        self.num_workers = check_int("num_workers", num_workers, minimum=0)
+        self.normalize = check_bool("normalize", normalize)
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
@@ -339,6 +178,14 @@ class MNISTDataModule(_TorchvisionDataModule):
         download: download the files from torchvision's mirrors when missing. Default False.
         batch_size: Default 128. val_fraction: Default 0.1 (SPP holds out 10%). seed: Default 0.
         num_workers: DataLoader workers. Default 0. normalize: Default True.
+
+    >>> dm = MNISTDataModule(root="no-such-folder")
+    >>> dm.mean, dm.std, dm.dims
+    ((0.1307,), (0.3081,), (1, 28, 28))
+    >>> dm.prepare_data()  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: MNIST not found: missing train-images-idx3-ubyte, ...
     """
 
     name = "MNIST"
@@ -379,6 +226,9 @@ class FashionMNISTDataModule(MNISTDataModule):
 
     Files in ``<root>/FashionMNIST/raw/`` (same names as MNIST; ``.gz`` archives are unpacked).
     Normalisation: ``mean = (0.2860,)``, ``std = (0.3530,)``. Arguments as :class:`MNISTDataModule`.
+
+    >>> FashionMNISTDataModule(root="data").mean
+    (0.286,)
     """
 
     name = "Fashion-MNIST"
@@ -422,6 +272,10 @@ class CIFAR10DataModule(_TorchvisionDataModule):
         num_workers: DataLoader workers. Default 0. normalize: Default True.
         augment: random crop and flip on the training split. Default True.
         verify_checksums: compare the files' MD5 with the official ones. Default True.
+
+    >>> dm = CIFAR10DataModule(root="data", augment=False)
+    >>> dm.dims, dm.std
+    ((3, 32, 32), (0.247, 0.2435, 0.2616))
     """
 
     name = "CIFAR-10"
@@ -430,21 +284,11 @@ class CIFAR10DataModule(_TorchvisionDataModule):
     std = (0.2470, 0.2435, 0.2616)
     _files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
 
-    def __init__(
-        self,
-        root: str = "data",
-        download: bool = False,
-        batch_size: int = 128,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        num_workers: int = 0,
-        normalize: bool = True,
-        augment: bool = True,
-        verify_checksums: bool = True,
-    ) -> None:
-        super().__init__(root, download, batch_size, val_fraction, seed, num_workers, normalize)
-        self.augment = bool(augment)
-        self.verify_checksums = bool(verify_checksums)
+    def __init__(self, *, augment: bool = True, verify_checksums: bool = True, **kwargs: Any) -> None:
+        """``augment`` and ``verify_checksums`` as documented above; every other argument as :class:`MNISTDataModule`."""
+        super().__init__(**kwargs)
+        self.augment = check_bool("augment", augment)
+        self.verify_checksums = check_bool("verify_checksums", verify_checksums)
 
     def _folder(self) -> str:
         return os.path.join(self.root, "cifar-10-batches-py")
