@@ -83,7 +83,7 @@ REPRODUCERS = {
     "would be pruned entirely": lambda tmp: select_masks({"a": torch.ones(100), "b": torch.zeros(10)}, 0.5),
     "lower `min_density`": lambda tmp: select_masks({"a": torch.rand(100)}, 0.9, min_density=0.5),
     "holds no PruneAtInitCallback state": lambda tmp: _fit(
-        tmp, PruneAtInitCallback(0.9, on_missing_state="error"), ckpt_path=_weights_only_checkpoint(tmp)
+        tmp, PruneAtInitCallback(0.9, policies={"on_missing_state": "error"}), ckpt_path=_weights_only_checkpoint(tmp)
     ),
     "do not match the keep count": lambda tmp: _fit(
         tmp, PruneAtInitCallback(0.5), ckpt_path=_weights_only_checkpoint(tmp)
