@@ -13,6 +13,11 @@ Baseline: ``zero_grad`` + forward + cross-entropy + ``backward`` on the scoring 
 Criteria: ``snip``, ``grasp`` (one batch each; GraSP does 3 backward passes, one of them double), ``synflow``
 (100 rounds, float64, data-free: batch of one all-ones input), ``iterative_snip`` (10 rounds, one batch),
 ``magnitude``, ``random``.
+
+Token models (``--networks gpt2,llama,bert``): the tiny configs of ``tests/zoo.py`` (2 layers, width 32, vocab
+64) on one dict batch of 4 x 8 token ids; baseline ``model(**batch).loss.backward()``; the criteria use the
+default loss of dict batches (the model's own ``.loss``), GraSP runs attention through the math SDPA kernel, and
+SynFlow's probe replaces the embedding output by ones.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from lightning_prune_init.models import build_network
-from lightning_prune_init.scoring import CRITERIA, connection_sensitivity
+from lightning_prune_init.parameters import select_parameters
+from lightning_prune_init.scoring import CRITERIA, ScoringContext, connection_sensitivity
 from lightning_prune_init.selection import select_masks
 
 OPTIONS = {"synflow": {"rounds": 100}, "iterative_snip": {"rounds": 10}, "grasp": {"temperature": 200.0}}
@@ -46,26 +52,52 @@ def _timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def bench_network(name, kwargs, shape, batch, sparsity, rounds, device) -> dict:
+TOKEN_MODELS = ("gpt2", "llama", "bert")
+
+
+def _image_case(name, kwargs, shape, batch, device):
     torch.manual_seed(0)
     model = build_network(name, **kwargs).to(device)
     x = torch.randn(batch, *shape, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
-    batches = [(x, y)]
 
     def fwd_bwd():
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
 
+    return model, [(x, y)], fwd_bwd
+
+
+def _token_case(name, device):
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from tests import zoo
+
+    build = {"gpt2": zoo.tiny_gpt2, "llama": zoo.tiny_llama, "bert": zoo.tiny_bert_classifier}[name]
+    model = build().to(device)
+    batch = {k: v.to(device) for k, v in zoo.token_batch(labels="cls" if name == "bert" else "lm").items()}
+
+    def fwd_bwd():
+        model.zero_grad(set_to_none=True)
+        model(**batch).loss.backward()
+
+    return model, [batch], fwd_bwd
+
+
+def bench_network(name, kwargs, shape, batch, sparsity, rounds, device) -> dict:
+    if name in TOKEN_MODELS:
+        model, batches, fwd_bwd = _token_case(name, device)
+    else:
+        model, batches, fwd_bwd = _image_case(name, kwargs, shape, batch, device)
+    selection = select_parameters(model)
+
     def scorer(criterion):
+        context = ScoringContext(sparsity=sparsity, generator=torch.Generator().manual_seed(0),
+                                 options=OPTIONS.get(criterion, {}))
+
         def run():
-            CRITERIA[criterion](
-                model,
-                batches,
-                sparsity=sparsity,
-                generator=torch.Generator().manual_seed(0),
-                **OPTIONS.get(criterion, {}),
-            )
+            CRITERIA[criterion](model, batches, selection, context)
 
         return run
 
@@ -86,7 +118,8 @@ def bench_network(name, kwargs, shape, batch, sparsity, rounds, device) -> dict:
             model.zero_grad(set_to_none=True)
     med = {k: statistics.median(v) for k, v in samples.items()}
     low = {k: min(v) for k, v in samples.items()}
-    weights = sum(p.numel() for n, p in model.named_parameters() if p.dim() > 1)
+    weights = selection.numel
+    batch = len(next(iter(batches[0].values())) if isinstance(batches[0], dict) else batches[0][0])
     return {"network": name, "weights": weights, "batch": batch, "ms": {k: v * 1e3 for k, v in med.items()},
             "ratio": {k: med[k] / med["fwd_bwd"] for k in med}, "min_ratio": {k: low[k] / low["fwd_bwd"] for k in low}}
 
@@ -106,6 +139,7 @@ def main() -> None:
         "lenet5": ({}, (1, 28, 28), 100),
         "resnet20": ({}, (3, 32, 32), 128),
         "vgg_c": ({}, (3, 32, 32), 128),
+        **{name: ({}, None, None) for name in TOKEN_MODELS},
     }
     where = (
         torch.cuda.get_device_name(device)

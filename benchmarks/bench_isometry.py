@@ -110,7 +110,7 @@ def timed(fn, repeats: int):
 def bench(name: str, make, input_shape, steps: int, repeats: int) -> list[str]:
     torch.manual_seed(0)
     model = make()
-    init_model_(model, "orthogonal", generator=torch.Generator().manual_seed(0))
+    init_model_(model, "orthogonal", zero_biases=True, generator=torch.Generator().manual_seed(0))
     masks = snip_masks(model, input_shape, 0.9)
     n_weights = sum(m.numel() for m in masks.values())
     print(f"\n## {name}: {len(masks)} conv/linear weights, {n_weights:,} weights, 90% pruned", flush=True)

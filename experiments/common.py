@@ -129,7 +129,7 @@ def make_model(arch: str, init: str, seed: int, depth: int = 7, activation: str 
         model = build_network("mlp", depth=depth, width=width, activation=activation)
     else:
         model = build_network(arch)
-    init_model_(model, INITS.get(init, init), gain=1.0, generator=torch.Generator().manual_seed(seed))
+    init_model_(model, INITS.get(init, init), gain=1.0, zero_biases=True, generator=torch.Generator().manual_seed(seed))
     return model
 
 

@@ -17,7 +17,7 @@ from lightning_prune_init.isometry import (
     orthogonality_error,
     orthogonality_errors,
 )
-from lightning_prune_init.masking import (
+from lightning_prune_init.masks import (
     apply_masks,
     enforce_masks_,
     get_masks,

@@ -23,6 +23,7 @@ __all__ = [
     "check_bool",
     "check_bool_masks",
     "check_choice",
+    "check_instances",
     "check_int",
     "check_mapping",
     "check_number",
@@ -171,3 +172,26 @@ def _interval(minimum: float | None, maximum: float | None, lo_incl: bool, hi_in
     if maximum is not None:
         return f" {'<=' if hi_incl else '<'} {maximum:g}"
     return ""
+
+
+def check_instances(argument: str, value: Any, cls: type | tuple[type, ...], what: str) -> list[Any]:
+    """``value`` as a list of ``cls`` instances (an iterable of them, or a single one); ``what`` names ``cls``.
+
+    Raises:
+        TypeError: not iterable, or an element that is not a ``cls``.
+
+    >>> check_instances("sizes", (3, 4), int, "integers")
+    [3, 4]
+    >>> check_instances("sizes", 3, int, "integers")
+    [3]
+    """
+    if isinstance(value, cls):
+        return [value]
+    try:
+        items = list(value)
+    except TypeError:
+        raise TypeError(f"`{argument}` must be a list of {what}, got {type(value).__name__}") from None
+    for item in items:
+        if not isinstance(item, cls):
+            raise TypeError(f"`{argument}` must be a list of {what}, got an element {type(item).__name__}")
+    return items

@@ -29,13 +29,16 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from lightning_prune_init import init as _init
+from lightning_prune_init._validation import check_bool_masks, check_choice, check_number
+from lightning_prune_init.init import SCHEMES, init_tensor_
+from lightning_prune_init.init.model import is_bias
+from lightning_prune_init.parameters import SelectedParameter, select_parameters
 
 __all__ = ["REINIT_SCHEMES", "random_masks_like", "reinitialize_kept_", "shuffle_masks"]
 
 #: Accepted ``scheme`` values of :func:`reinitialize_kept_`: the package's schemes, and PyTorch's default
 #: layer initialization (``kaiming_uniform_(a=sqrt(5))``, as ``nn.Linear``/``nn.Conv2d`` do).
-REINIT_SCHEMES: tuple[str, ...] = (*_init.SCHEMES, "pytorch-default")
+REINIT_SCHEMES: tuple[str, ...] = (*SCHEMES, "pytorch-default")
 
 
 def _generator(generator: torch.Generator | int) -> torch.Generator:
@@ -47,12 +50,9 @@ def _generator(generator: torch.Generator | int) -> torch.Generator:
 
 
 def _check_masks(masks: Mapping[str, Tensor]) -> None:
-    if not isinstance(masks, Mapping) or not masks:
-        raise ValueError("`masks` must be a non-empty mapping of parameter name to bool tensor")
-    for name, m in masks.items():
-        if not isinstance(m, Tensor) or m.dtype != torch.bool:
-            got = m.dtype if isinstance(m, Tensor) else type(m).__name__
-            raise TypeError(f"mask {name!r} must be a torch.bool tensor (True = kept), got {got}")
+    """Masks that need no model: a non-empty mapping of bool tensors (any shapes)."""
+    shapes = {n: getattr(m, "shape", ()) for n, m in masks.items()} if isinstance(masks, Mapping) else {}
+    check_bool_masks(masks, shapes)
 
 
 def shuffle_masks(masks: Mapping[str, Tensor], *, generator: torch.Generator | int) -> dict[str, Tensor]:
@@ -99,18 +99,21 @@ def random_masks_like(masks: Mapping[str, Tensor], *, generator: torch.Generator
     return drawn
 
 
-def _fresh(shape: torch.Size, scheme: str, gain: float, generator: torch.Generator) -> Tensor:
-    """A new float32 tensor of ``shape`` on the generator's device drawn with ``scheme`` (1-D: zeros)."""
-    fresh = torch.empty(shape, dtype=torch.float32, device=generator.device)
-    if fresh.dim() < 2:
-        return fresh.zero_()
-    if scheme == "orthogonal":
-        return _init.orthogonal_(fresh, gain, generator=generator)
-    if scheme == "delta-orthogonal":
-        return _init.delta_orthogonal_(fresh, gain, generator=generator)
-    if scheme == "pytorch-default":
-        return torch.nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=generator).mul_(gain)
-    return _init.variance_scaling_(fresh, scheme[3:], gain**2, generator=generator)
+def _fresh(p: Tensor, entry: SelectedParameter, scheme: str, gain: float, generator: torch.Generator) -> Tensor:
+    """A new float32 tensor like ``p`` on the generator's device, drawn with ``scheme`` per matrix of the entry's
+    layout; a 1-D bias gets zeros, any other 1-D tensor its current values (no scheme defines it)."""
+    layout = entry.layout
+    if not layout.is_matrix:
+        if is_bias(entry.names):
+            return torch.zeros(p.shape, dtype=torch.float32, device=generator.device)
+        return p.detach().to(device=generator.device, dtype=torch.float32, copy=True)
+    if scheme == "pytorch-default":  # nn.Linear / nn.Conv's own reset, on the [out, in, *kernel] orientation
+        shape = p.shape[::-1] if layout.kind == "transposed" else p.shape
+        fresh = torch.empty(shape, dtype=torch.float32, device=generator.device)
+        fresh = torch.nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=generator).mul_(gain)
+        return fresh.T if layout.kind == "transposed" else fresh
+    fresh = torch.empty(p.shape, dtype=torch.float32, device=generator.device)
+    return init_tensor_(fresh, scheme, gain, layout=layout, generator=generator)
 
 
 @torch.no_grad()
@@ -133,36 +136,40 @@ def reinitialize_kept_(
     Args:
         model: the module; mask keys are ``model.named_parameters()`` names.
         masks: ``{name: bool tensor}`` of each parameter's shape (``True`` = kept).
-        scheme: one of :data:`REINIT_SCHEMES`: ``"orthogonal"`` (default; conv: block-orthogonal),
+        scheme: one of :data:`REINIT_SCHEMES`: ``"orthogonal"`` (default; conv: block-orthogonal per group),
             ``"delta-orthogonal"`` (kept off-centre taps become 0), ``"vs-lecun"``, ``"vs-glorot"``, ``"vs-he"``
-            (:mod:`lightning_prune_init.init`), or ``"pytorch-default"``. Use the scheme the model was
-            initialized with, so that only the values change, not their distribution. 1-D parameters (biases)
-            get zeros at kept entries, as the papers initialize biases.
+            (:func:`lightning_prune_init.init.init_tensor_`, per matrix of each tensor's layout as
+            :func:`~lightning_prune_init.init.init_model_` draws it: grouped convs per group, transformers
+            ``Conv1D`` as ``[out, in]``, attention q/k/v blocks), or ``"pytorch-default"``. Use the scheme the
+            model was initialized with, so that only the values change, not their distribution. 1-D biases get
+            zeros at kept entries, as the papers initialize biases; other 1-D tensors keep their values.
         gain: scale (> 0), as in :func:`lightning_prune_init.init.init_model_`.
         generator: a ``torch.Generator`` (the draws are made on its device, then copied to the parameter's
             device and dtype) or an int seed.
 
     Raises:
         ValueError / TypeError: unknown scheme, a key that is not a parameter, a non-bool mask or a shape
-            mismatch, a parameter the scheme cannot initialize.
+            mismatch, a parameter that is not floating point.
+
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, groups=4, bias=False))
+    >>> keep = {"0.weight": torch.ones(4, 1, 3, 3, dtype=torch.bool)}
+    >>> w = reinitialize_kept_(net, keep, scheme="delta-orthogonal", generator=0)[0].weight.detach()
+    >>> w[:, 0, 1, 1].abs().tolist(), int(torch.count_nonzero(w))  # a unit centre tap per channel
+    ([1.0, 1.0, 1.0, 1.0], 4)
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
-    if scheme not in REINIT_SCHEMES:
-        raise ValueError(f"`scheme` must be one of {REINIT_SCHEMES}, got {scheme!r}")
-    if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not math.isfinite(gain) or gain <= 0:
-        raise ValueError(f"`gain` must be a finite number > 0, got {gain!r}")
-    _check_masks(masks)
+    check_choice("scheme", scheme, REINIT_SCHEMES)
+    gain = check_number("gain", gain, minimum=0.0, minimum_inclusive=False)
     generator = _generator(generator)
     params = dict(model.named_parameters())
-    for name, m in masks.items():
-        if name not in params:
-            raise ValueError(f"mask key {name!r} is not a parameter of {type(model).__name__}")
-        if m.shape != params[name].shape:
-            raise ValueError(f"mask {name!r} has shape {tuple(m.shape)}, its parameter has {tuple(params[name].shape)}")
+    masks = check_bool_masks(masks, {n: p.shape for n, p in params.items()}, owner=type(model).__name__)
+    for name in masks:
         if not params[name].is_floating_point():
-            raise TypeError(f"parameter {name!r} is not floating point ({params[name].dtype})")
-    fresh = {name: _fresh(params[name].shape, scheme, float(gain), generator) for name in masks}
+            raise TypeError(f"parameter {name!r} is not floating point ({params[name].dtype}); leave it out of `masks`")
+    # the layouts the rest of the package reads these tensors with (a tied head as its Linear, Conv1D transposed)
+    entries = select_parameters(model, include=list(masks)).entries
+    fresh = {name: _fresh(params[name], entries[name], scheme, gain, generator) for name in masks}
     for name, m in masks.items():
         p = params[name]
         p.copy_(torch.where(m.to(p.device), fresh[name].to(device=p.device, dtype=p.dtype), p))

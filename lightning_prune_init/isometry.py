@@ -221,7 +221,7 @@ def best_possible_error(
 def _resolve_masks(model: nn.Module, masks: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
     if masks is None:
         try:
-            from lightning_prune_init.masking import get_masks
+            from lightning_prune_init.masks import get_masks
         except ImportError:
             return {}
         return dict(get_masks(model))
@@ -673,7 +673,7 @@ def approximate_isometry(
         steps: maximum number of solver steps per layer (default 10,000, the authors' setting).
         lr: learning rate of ``solver="sgd"`` (default 0.1); not used by ``"cg"``.
         masks: ``{parameter name: torch.bool tensor}``, ``True`` = kept. Default ``None``: the masks attached to
-            ``model`` by :func:`~lightning_prune_init.masking.apply_masks`; a selected weight without a mask
+            ``model`` by :func:`~lightning_prune_init.masks.apply_masks`; a selected weight without a mask
             is treated as dense.
         solver: ``"sgd"`` (default, faithful): plain SGD on the unsquared per-layer error. ``"cg"``: nonlinear
             conjugate gradient with exact line search on the squared per-layer error (same minimizers: the

@@ -10,7 +10,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_prune_init.callbacks.prune_at_init import PruneAtInitCallback
 from lightning_prune_init.callbacks.signal_propagation import SignalPropagationMonitor
-from lightning_prune_init.masking import get_masks, sparsity_report
+from lightning_prune_init.masks import get_masks, sparsity_report
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:

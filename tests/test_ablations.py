@@ -8,6 +8,7 @@ import torch
 from lightning_prune_init import apply_masks, connection_sensitivity, get_masks, select_masks
 from lightning_prune_init.ablations import random_masks_like, reinitialize_kept_, shuffle_masks
 from lightning_prune_init.init import orthogonal_, variance_scaling_
+from lightning_prune_init.layouts import layout_of
 
 from tests.helpers import conv_bn_net
 
@@ -97,14 +98,39 @@ def test_reinitialize_kept_refuses_before_changing_anything():
         reinitialize_kept_(net, {**masks, "head.weight": torch.ones(2, 2, dtype=torch.bool)}, generator=0)
     with pytest.raises(TypeError, match="generator"):
         reinitialize_kept_(net, masks, generator=None)
-    wide = torch.nn.Conv2d(8, 4, 3)  # c_in > c_out: the block-orthogonal construction refuses
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), wide)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.Conv2d(8, 4, 3))
+    model.steps = torch.nn.Parameter(torch.zeros(2, 2, dtype=torch.long), requires_grad=False)
     snapshot = copy.deepcopy(model.state_dict())
     all_kept = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters() if p.dim() > 1}
-    with pytest.raises(ValueError, match="c_in <= c_out"):
+    with pytest.raises(TypeError, match="'steps' is not floating point"):
         reinitialize_kept_(model, all_kept, scheme="orthogonal", generator=0)
-    assert _equal(model.state_dict(), snapshot)  # the first conv, drawn fine, was not written either
+    assert _equal(model.state_dict(), snapshot)  # the convs, checked fine, were not written either
     assert _equal(net.state_dict(), before)
+
+
+def test_reinitialize_kept_draws_per_layout():
+    # grouped, depthwise and c_in > c_out convs get the per-group draws of init_model_
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(8, 8, 3, groups=8), torch.nn.Conv2d(8, 16, 3, groups=2), torch.nn.Conv2d(16, 4, 3)
+    )
+    before = copy.deepcopy(model.state_dict())
+    all_kept = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters()}
+    with torch.no_grad():
+        model[0].bias.fill_(1.0)
+    reinitialize_kept_(model, all_kept, scheme="orthogonal", generator=3)
+    dw = model[0].weight.detach().reshape(8, 9)
+    assert torch.equal(dw.abs().sum(1), torch.ones(8))  # depthwise: one ±1 tap per channel
+    assert torch.equal(torch.count_nonzero(dw, dim=1), torch.ones(8, dtype=torch.long))
+    wide = model[2].weight.detach().double().reshape(4, -1)
+    assert torch.max(torch.abs(wide @ wide.T - torch.eye(4, dtype=torch.float64))) < 1e-6
+    assert all(torch.count_nonzero(model[i].bias) == 0 for i in range(3))  # kept bias entries: zeros
+    g = torch.Generator().manual_seed(3)
+    for name, p in model.named_parameters():  # the same draws as orthogonal_ with each layer's layout, in order
+        if p.dim() > 1:
+            module = model[int(name.split(".")[0])]
+            fresh = orthogonal_(torch.empty(p.shape), layout=layout_of(module, "weight"), generator=g)
+            assert torch.equal(p.detach(), fresh), name
+    assert not _equal(model.state_dict(), before)
 
 
 def test_inverted_scores_keep_the_lowest():

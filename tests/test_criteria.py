@@ -8,15 +8,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from lightning_prune_init.criteria import _iterate, exponential_schedule
+from lightning_prune_init.parameters import select_parameters
 from lightning_prune_init.scoring import (
     CRITERIA,
+    ScoringContext,
+    ScoringInputError,
     connection_sensitivity,
     criterion_masks,
     criterion_needs_data,
+    exponential_schedule,
     get_criterion,
     register_criterion,
 )
+from lightning_prune_init.scoring.rounds import iterate_rounds
 from lightning_prune_init.selection import find_collapse, keep_count, select_masks
 
 from tests.helpers import Classifier, conv_bn_net, reference_keep
@@ -46,6 +50,11 @@ def _weights(net):
     return {n: p for n, p in net.named_parameters() if p.dim() > 1}
 
 
+def _score(name, net, batches=None, **context):
+    """The registered criterion ``name`` on the default selection, with a context of ``context`` (options=...)."""
+    return CRITERIA[name](net, batches, select_parameters(net), ScoringContext(**context))
+
+
 # --- registry --------------------------------------------------------------------------------------------
 def test_registry_names_lookup_and_errors():
     assert set(CRITERIA) == {"snip", "grasp", "synflow", "magnitude", "random", "iterative_snip"}
@@ -66,19 +75,19 @@ def test_registry_names_lookup_and_errors():
 def test_snip_entry_is_connection_sensitivity():
     net = _tanh_mlp()
     batches = _batches((6,))
-    got = get_criterion("snip")(net, batches, sparsity=0.5)
+    got = _score("snip", net, batches, sparsity=0.5)
     expected = connection_sensitivity(net, batches)
     assert got.keys() == expected.keys() and all(torch.equal(got[n], expected[n]) for n in got)
 
 
-def half_magnitude(model, batches=None, **kwargs):
+def half_magnitude(model, batches, parameters, context):
     """A user criterion, found by import path as YAML would give it."""
-    return {n: p.detach().abs() / 2 for n, p in _weights(model).items()}
+    return {n: p.detach().abs() / 2 for n, p in parameters.items()}
 
 
 def test_user_criterion_by_import_path_and_by_registration():
     net = _tanh_mlp()
-    scores, masks = criterion_masks(net, None, criterion="test_criteria.half_magnitude", sparsity=0.5)
+    scores, masks = criterion_masks(net, None, criterion="tests.test_criteria.half_magnitude", sparsity=0.5)
     assert all(torch.equal(scores[n], p.detach().abs() / 2) for n, p in _weights(net).items())
     assert all(torch.equal(masks[n], m) for n, m in select_masks(scores, 0.5).items())
     register_criterion("half_magnitude_test", needs_data=False)(half_magnitude)
@@ -92,8 +101,8 @@ def test_user_criterion_by_import_path_and_by_registration():
 def test_selection_arguments_checked_before_scoring():
     calls = []
 
-    def spy(model, batches, **kwargs):
-        calls.append(kwargs)
+    def spy(model, batches, parameters, context):
+        calls.append(context)
         return {}
 
     with pytest.raises(ValueError, match="sparsity"):
@@ -106,7 +115,7 @@ def test_selection_arguments_checked_before_scoring():
 # --- magnitude, random ------------------------------------------------------------------------------------
 def test_magnitude_is_absolute_weight():
     net = _tanh_mlp()
-    scores = get_criterion("magnitude")(net)
+    scores = _score("magnitude", net)
     assert scores.keys() == _weights(net).keys()
     assert all(torch.equal(scores[n], p.detach().abs()) for n, p in _weights(net).items())
 
@@ -114,16 +123,16 @@ def test_magnitude_is_absolute_weight():
 def test_random_scores_come_from_the_generator_only():
     net = _tanh_mlp()
     torch.manual_seed(123)
-    a = get_criterion("random")(net, generator=torch.Generator().manual_seed(3))
+    a = _score("random", net, generator=torch.Generator().manual_seed(3))
     g = torch.Generator().manual_seed(3)
     hand = {n: torch.rand(p.shape, generator=g, dtype=torch.float64) for n, p in _weights(net).items()}
     assert all(torch.equal(a[n], hand[n]) for n in hand)
     torch.manual_seed(5)
     before = torch.rand(3)
     torch.manual_seed(5)
-    default = get_criterion("random")(net)  # no generator: a fresh one seeded with 0
+    default = _score("random", net)  # no generator: a fresh one seeded with 0
     assert torch.equal(torch.rand(3), before)
-    seed0 = get_criterion("random")(net, generator=torch.Generator().manual_seed(0))
+    seed0 = _score("random", net, generator=torch.Generator().manual_seed(0))
     assert all(torch.equal(default[n], seed0[n]) for n in default)
     assert not torch.equal(seed0["0.weight"], a["0.weight"])
 
@@ -153,7 +162,7 @@ def _grasp_hand(net, batches, temperature):
 def test_grasp_equals_hessian_gradient_product_by_hand(temperature):
     net = _tanh_mlp()
     batches = _batches((6,))
-    scores = get_criterion("grasp")(net, batches, temperature=temperature)
+    scores = _score("grasp", net, batches, options={"temperature": temperature})
     hand = _grasp_hand(net, batches, temperature)
     lowest = min(float(t.min()) for t in hand.values())
     scale = max(float(t.abs().max()) for t in hand.values())
@@ -173,9 +182,9 @@ def test_grasp_equals_hessian_gradient_product_by_hand(temperature):
 def test_grasp_reduce_fn_sums_gradient_and_products_over_ranks():
     net = _tanh_mlp()
     batches = _batches((6,))
-    alone = get_criterion("grasp")(net, batches)
+    alone = _score("grasp", net, batches)
     # two ranks holding the same batches: g doubles, so each rank's Hg doubles, and the sum over ranks doubles again
-    both = get_criterion("grasp")(net, batches, reduce_fn=lambda t: 2 * t)
+    both = _score("grasp", net, batches, reduce_fn=lambda t: 2 * t)
     assert all(torch.equal(both[n], 4 * alone[n]) for n in alone)
 
 
@@ -183,7 +192,7 @@ def test_grasp_leaves_no_trace_on_a_batch_norm_net():
     torch.manual_seed(0)
     net = conv_bn_net().train()
     before = copy.deepcopy(net.state_dict())
-    get_criterion("grasp")(net, [(torch.randn(8, 1, 12, 12), torch.randint(0, 10, (8,)))])
+    _score("grasp", net, [(torch.randn(8, 1, 12, 12), torch.randint(0, 10, (8,)))])
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert all(p.grad is None for p in net.parameters()) and net.training
 
@@ -212,7 +221,7 @@ def _synflow_hand(weights: list, alive: list) -> list:
 def test_synflow_scores_equal_the_product_formula_on_a_linear_net():
     net = _linear3()
     weights = list(_weights(net).values())
-    scores = get_criterion("synflow")(net, sparsity=0.5, rounds=1, input_shape=(3,))
+    scores = _score("synflow", net, sparsity=0.5, options={"rounds": 1, "input_shape": (3,)})
     hand = _synflow_hand(weights, [torch.ones_like(w, dtype=torch.bool) for w in weights])
     a1, a2, a3 = (w.detach().abs().double() for w in weights)
     flow = float(torch.ones(2, dtype=torch.float64) @ a3 @ a2 @ a1 @ torch.ones(3, dtype=torch.float64))
@@ -235,7 +244,7 @@ def test_synflow_rounds_follow_the_exponential_schedule_and_scores_reproduce_the
         hand = dict(zip(names, _synflow_hand(weights, alive)))
         keep = reference_keep(hand, eligible=dict(zip(names, alive)), k=keep_count(total, round_sparsity))
         alive = [keep[n] for n in names]
-    scores = get_criterion("synflow")(net, sparsity=sparsity, rounds=rounds, input_shape=(3,))
+    scores = _score("synflow", net, sparsity=sparsity, options={"rounds": rounds, "input_shape": (3,)})
     masks = select_masks(scores, sparsity, on_layer_collapse="ignore")
     for n, a in zip(names, alive):
         assert torch.equal(masks[n], a), n
@@ -257,15 +266,15 @@ def test_synflow_is_data_free_leaves_no_trace_and_finds_the_input_shape():
     model = Classifier(net=conv_bn_net(), shape=(1, 12, 12)).train()
     before = copy.deepcopy(model.state_dict())
     rng = torch.get_rng_state()
-    from_example = get_criterion("synflow")(model, sparsity=0.9, rounds=3)  # shape from example_input_array
-    given = get_criterion("synflow")(model, sparsity=0.9, rounds=3, input_shape=(1, 12, 12))
-    from_batch = get_criterion("synflow")(model, [torch.zeros(4, 1, 12, 12)], sparsity=0.9, rounds=3)
+    from_example = _score("synflow", model, sparsity=0.9, options={"rounds": 3})  # shape from example_input_array
+    given = _score("synflow", model, sparsity=0.9, options={"rounds": 3, "input_shape": (1, 12, 12)})
+    from_batch = _score("synflow", model, [torch.zeros(4, 1, 12, 12)], sparsity=0.9, options={"rounds": 3})
     assert all(torch.equal(from_example[n], given[n]) and torch.equal(from_batch[n], given[n]) for n in given)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN statistics included
     assert all(p.grad is None for p in model.parameters()) and all(m.training for m in model.modules())
     assert torch.equal(torch.get_rng_state(), rng)
     with pytest.raises(ValueError, match="needs `sparsity`"):
-        get_criterion("synflow")(model)
+        _score("synflow", model)
 
 
 def test_synflow_float32_overflow_is_reported():
@@ -275,8 +284,27 @@ def test_synflow_float32_overflow_is_reported():
         for m in net:
             m.weight.fill_(1.0)
     with pytest.raises(ValueError, match="overflowed"):
-        get_criterion("synflow")(net, sparsity=0.5, rounds=1, input_shape=(64,), dtype="float32")
-    assert get_criterion("synflow")(net, sparsity=0.5, rounds=1, input_shape=(64,))  # float64: 64^31 fits
+        _score("synflow", net, sparsity=0.5, options={"rounds": 1, "input_shape": (64,), "dtype": "float32"})
+    assert _score("synflow", net, sparsity=0.5, options={"rounds": 1, "input_shape": (64,)})  # float64: 64^31 fits
+
+
+class _Scaled(nn.Module):
+    def __init__(self, factor, as_dict=False):
+        super().__init__()
+        self.fc, self.factor, self.as_dict = nn.Linear(3, 2, bias=False), factor, as_dict
+
+    def forward(self, x):
+        out = self.fc(x) * self.factor
+        return {"out": out} if self.as_dict else out
+
+
+def test_synflow_refuses_a_flow_it_cannot_use():
+    with pytest.raises(ValueError, match="does not depend on the selected tensors"):
+        _score("synflow", _Scaled(0.0), sparsity=0.5, options={"rounds": 1, "input_shape": (3,)})
+    with pytest.raises(ScoringInputError, match="returning a tensor or an output with `.logits`, got dict"):
+        _score("synflow", _Scaled(1.0, as_dict=True), sparsity=0.5, options={"rounds": 1, "input_shape": (3,)})
+    with pytest.raises(ScoringInputError, match="needs the shape of one input"):
+        _score("synflow", _Scaled(1.0), sparsity=0.5, options={"rounds": 1})
 
 
 def _vgg16_narrow():
@@ -356,8 +384,7 @@ def test_iterated_rounds_never_reselect_pruned_entries_at_zero_ties(invert):
         seen.append(alive)
         return {"a": torch.zeros(10), "b": torch.zeros(3, 4)}
 
-    scores = _iterate(zero_scores, sparsity=0.9, rounds=4, scope="global", min_density=0.0, invert=invert,
-                      criterion="test")
+    scores = iterate_rounds(zero_scores, ScoringContext(sparsity=0.9, invert=invert), 4, "test")
     final = select_masks(scores, 0.9, invert=invert, on_layer_collapse="ignore")
     masks = seen[1:] + [final]
     for previous, current in zip(masks, masks[1:]):
@@ -372,8 +399,7 @@ def test_iterative_scores_reproduce_the_mask_under_the_same_selection_options(cr
     net = _tanh_mlp()
     batches = _batches((6,))
     rounds = {"rounds": 4}
-    fn = get_criterion(criterion)
-    scores = fn(net, batches, sparsity=0.8, **options, **rounds)
+    scores = _score(criterion, net, batches, sparsity=0.8, options=rounds, **options)
     again = select_masks(scores, 0.8, on_layer_collapse="ignore", **options)
     _, masks = criterion_masks(net, batches, criterion=criterion, sparsity=0.8, on_layer_collapse="ignore",
                                criterion_options=rounds, **options)

@@ -17,7 +17,6 @@ from lightning_prune_init import (
     MNISTDataModule,
     PruneAtInitCallback,
     connection_sensitivity,
-    orthogonal_,
     prunable_parameters,
     select_masks,
 )
@@ -90,7 +89,6 @@ REPRODUCERS = {
     ),
     "does not support FSDPStrategy": lambda tmp: PruneAtInitCallback(0.9).setup(_FakeTrainer(), None, "fit"),
     "unknown `criterion`": lambda tmp: PruneAtInitCallback(0.9, criterion="snap"),
-    "needs c_in <= c_out": lambda tmp: orthogonal_(torch.empty(8, 16, 3, 3)),
     "Pass `download=True`": lambda tmp: MNISTDataModule(root=str(tmp / "nothing")).prepare_data(),
     "no train dataloader to fetch batches from": lambda tmp: _fit(tmp, PruneAtInitCallback(0.9), model=_NoData()),
 }

@@ -47,7 +47,7 @@ def test_masks_follow_the_module_to_cuda_and_hold_through_steps():
     apply_masks(net, masks)
     net.cuda()
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    from lightning_prune_init.masking import attach_optimizers
+    from lightning_prune_init.masks import attach_optimizers
 
     attach_optimizers(net, [optimizer])
     for _ in range(10):

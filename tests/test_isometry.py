@@ -488,7 +488,7 @@ def test_progress_bar_counts_every_step(monkeypatch):
 
 
 def test_masks_default_to_the_attached_ones():
-    masking = pytest.importorskip("lightning_prune_init.masking")
+    masking = pytest.importorskip("lightning_prune_init.masks")
     if not hasattr(masking, "apply_masks"):
         pytest.skip("masking.apply_masks not available yet")
     model = _mlp7()

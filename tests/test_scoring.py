@@ -139,7 +139,7 @@ def test_bad_inputs_have_clear_messages():
     net = lenet300()
     x = torch.randn(4, 1, 28, 28)
     with pytest.raises(ValueError, match="matches no parameter"):
-        connection_sensitivity(net, [(x, torch.zeros(4, dtype=torch.long))], include="encoder.*")
+        connection_sensitivity(net, [(x, torch.zeros(4, dtype=torch.long))], parameters="encoder.*")
     with pytest.raises(ValueError, match="no prunable parameters"):
         connection_sensitivity(torch.nn.Sequential(torch.nn.ReLU()), [x], labels="uniform")
     with pytest.raises(ScoringInputError, match="loss_fn"):

@@ -21,16 +21,6 @@ from tests.helpers import Classifier, conv_bn_net, random_data, trainer_kwargs
 STATS = {"mean", "std", "min", "max", "mean_sq"}  # cond is left out when a value is exactly 0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many small ops: on a shared CPU, OpenMP barriers across threads cost more than the ops
-    (measured ~10x slower with 2 threads under load). One thread changes no asserted value."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def small_classifier(**kwargs):
     return Classifier(net=conv_bn_net(), shape=(1, 12, 12), **kwargs)
 

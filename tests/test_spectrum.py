@@ -8,16 +8,8 @@ from torch import nn
 from torch.func import jacrev
 
 from lightning_prune_init.spectrum import END_TO_END, conv_singular_values_fft, jacobian_singular_values
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many small ops: on a shared CPU, OpenMP barriers across threads cost more than the ops
-    (measured ~10x slower with 2 threads under load). One thread changes no asserted value."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from lightning_prune_init.spectrum.estimators import Gram, lanczos
+from lightning_prune_init.spectrum.operators import MatrixOperator
 
 
 def tanh_mlp(widths=(32, 48, 40, 10), seed=0, gain=1.2, bias=True):
@@ -277,19 +269,23 @@ def test_argument_errors_name_the_argument():
         jacobian_singular_values(model, x, power_iters=0)
     with pytest.raises(TypeError, match="`model`"):
         jacobian_singular_values("model", x)
-    with pytest.raises(TypeError, match="forward_fn"):
-        jacobian_singular_values(model, x, scope="end_to_end", forward_fn=lambda m, inp: (m(inp),))
+    with pytest.raises(TypeError, match="forward_fn"):  # an output holding no tensor
+        jacobian_singular_values(model, x, scope="end_to_end", forward_fn=lambda m, inp: None)
+    with pytest.raises(ValueError, match="`layers`"):
+        jacobian_singular_values(model, x, layers="nope")
+    with pytest.raises(TypeError, match="`inputs`"):
+        jacobian_singular_values(model, [x], scope="end_to_end")
+    with pytest.raises(ValueError, match="`input_key`"):
+        jacobian_singular_values(model, {"x": x}, scope="end_to_end", input_key="y")
 
 
 def test_lanczos_over_the_whole_space_recovers_the_spectrum_even_when_rank_deficient():
-    from lightning_prune_init.spectrum import _Gram, _lanczos, _MatrixOperator
-
     g = torch.Generator().manual_seed(0)
     a = torch.randn(12, 9, generator=g, dtype=torch.float64)
     a[:, :3] = 0  # rank 6: Lanczos breaks down after 6 steps and must restart orthogonally
-    gram = _Gram(_MatrixOperator(a))
+    gram = Gram(MatrixOperator(a))
     assert gram.d == 9  # Aᵀ A, the smaller side
-    res = _lanczos(gram, 9, g)
+    res = lanczos(gram, 9, g)
     expected = torch.linalg.eigvalsh(a.T @ a).clamp_min(0)
     torch.testing.assert_close(res.ritz[0], expected, atol=1e-8, rtol=1e-8)
     assert float(res.weights.sum()) == pytest.approx(1.0)

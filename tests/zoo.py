@@ -11,7 +11,8 @@ Token models come with:
 * :class:`HFModule`: a LightningModule around a transformers model, trained on such batches by the model's own
   loss (``self(**batch).loss``), its ``forward(**batch)`` returning the model's output object;
 * :func:`hf_loss` and :func:`hf_logits`: the ``loss_fn`` / ``logits_fn`` a user would write for it (importable
-  as ``tests.zoo.hf_loss`` / ``tests.zoo.hf_logits``).
+  as ``tests.zoo.hf_loss`` / ``tests.zoo.hf_logits``);
+* :func:`hf_embedding_jacobian_values`: reference end-to-end spectra (logits w.r.t. the word embeddings).
 """
 
 from __future__ import annotations
@@ -149,3 +150,26 @@ def hf_logits(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     """``logits_fn`` for :class:`HFModule`: the logits of a dict batch (``[n, classes]`` or ``[n, seq, vocab]``)."""
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     return model(**inputs).logits
+
+
+def hf_embedding_jacobian_values(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """Reference end-to-end spectra of a transformers model: per example, the singular values of
+    ``∂ logits / ∂ word embeddings``, through the model's ``inputs_embeds`` argument (no hooks), with attention on the
+    math kernel, in eval mode. ``[n, min(m, n)]``, rows sorted descending."""
+    from torch.func import jacrev
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    model.eval()
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(batch["input_ids"])
+    rows = []
+    for i in range(embeds.shape[0]):
+        mask = batch["attention_mask"][i : i + 1]
+
+        def logits(e: Tensor) -> Tensor:
+            return model(inputs_embeds=e[None], attention_mask=mask).logits[0]
+
+        with sdpa_kernel([SDPBackend.MATH]):
+            jac = jacrev(logits)(embeds[i])
+        rows.append(torch.linalg.svdvals(jac.reshape(-1, embeds[i].numel())))
+    return torch.stack(rows)

@@ -169,7 +169,7 @@ class PruneAtInitCallback(Callback):
         s.loss_fn = import_path(s.loss_fn, "scoring.loss_fn")
         s.logits_fn = import_path(s.logits_fn, "scoring.logits_fn")
         s.options = check_mapping("scoring.options", s.options)
-        s.options = check_criterion_options(self.criterion, s.options or {}) or None
+        check_criterion_options(self.criterion, s.options)  # unknown options and bad values are refused here
         check_int("scoring.seed", s.seed)
         check_choice("scoring.noise", s.noise, ("normal", "uniform"))
         check_int("scoring.noise_seed", s.noise_seed)

@@ -14,7 +14,6 @@ Called by :meth:`PruneAtInitCallback.on_fit_start` when there is nothing to rest
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -30,7 +29,14 @@ from lightning_prune_init.init import init_model_
 from lightning_prune_init.isometry import approximate_isometry
 from lightning_prune_init.masks import get_masks, pack_masks, remove_masks, sparsity_report, unpack_masks
 from lightning_prune_init.parameters import ParameterSelection, select_parameters
-from lightning_prune_init.scoring import check_scoring_input, criterion_masks, get_criterion, make_loss, noise_batches
+from lightning_prune_init.scoring import (
+    check_scoring_input,
+    criterion_masks,
+    get_criterion,
+    make_loss,
+    noise_batches,
+    vocab_size_of,
+)
 from lightning_prune_init.selection import check_masks, keep_count, min_keep_count, parse_pattern
 
 if TYPE_CHECKING:
@@ -76,11 +82,13 @@ def _scoring_batches(cb: PruneAtInitCallback, trainer: Trainer, pl_module: Light
         return [_template(trainer, pl_module)] if has_data or _example(pl_module) is not None else None
     if cb.supervision != "data_free":
         return [trainer.precision_plugin.convert_input(b) for b in fetch_batches(trainer, pl_module, cb.scoring.num_batches)]
-    like = _template(trainer, pl_module)
-    if cb.scoring.noise_batch_size is not None:
-        like = _resize_batch(like, cb.scoring.noise_batch_size)
     return noise_batches(
-        like, cb.scoring.num_batches, seed=cb.scoring.noise_seed, distribution=cb.scoring.noise, model=pl_module
+        _template(trainer, pl_module),
+        cb.scoring.num_batches,
+        seed=cb.scoring.noise_seed,
+        distribution=cb.scoring.noise,
+        vocab_size=vocab_size_of(pl_module),
+        batch_size=cb.scoring.noise_batch_size,
     )
 
 
@@ -101,18 +109,6 @@ def _template(trainer: Trainer, pl_module: LightningModule) -> Any:
             )
         batch = trainer.strategy.batch_to_device(batch, pl_module.device)
     return trainer.precision_plugin.convert_input(batch)
-
-
-def _resize_batch(batch: Any, size: int) -> Any:
-    """``batch`` with every tensor's first dimension made ``size`` (rows repeated or cut)."""
-    if isinstance(batch, Tensor):
-        reps = math.ceil(size / max(batch.shape[0], 1))
-        return batch.repeat(reps, *([1] * (batch.dim() - 1)))[:size] if batch.dim() else batch
-    if isinstance(batch, dict):
-        return {k: _resize_batch(v, size) for k, v in batch.items()}
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_resize_batch(v, size) for v in batch)
-    return batch
 
 
 def _check_before_changes(

@@ -9,6 +9,11 @@ When it logs
       after ``global_step`` optimizer steps. Step 0 is included, so the ``train`` curves start from the
       state training starts from.
 
+Which layers
+    The pruner's selection: with a ``PruneAtInitCallback`` in ``trainer.callbacks``, its ``selection``
+    (a :class:`~lightning_prune_init.parameters.ParameterSelection`); otherwise (or while the pruner has none) the
+    monitor's own ``include``/``exclude``, resolved once. The spectra and the densities use the same list.
+
 Tag names (stable; ``<stage>`` is one of ``after_init``, ``after_pruning``, ``after_repair``, ``fit_start``,
 ``train``; ``<scope>`` one of ``weights``, ``layerwise``; ``<layer>`` a module name such as ``net.1``;
 ``<stat>`` one of ``mean``, ``std``, ``min``, ``max``, ``cond``, ``mean_sq``):
@@ -26,19 +31,18 @@ tag                                            kind          value
 
 The step of every entry is ``trainer.global_step``. Scalars go to every logger in ``trainer.loggers``;
 histograms and figures only to ``TensorBoardLogger`` (a warning, once, names the loggers that get scalars
-only). Statistics an estimate cannot give are not logged (see :mod:`lightning_prune_init.spectrum`).
-Density is the mask's kept fraction, or the fraction of non-zero entries when no mask is attached.
+only). Density is the mask's kept fraction, or the fraction of non-zero entries when no mask is attached.
 
-Monitoring leaves no trace on training: it runs on global rank 0 only, in ``eval()`` mode (each module's mode
-restored), under ``torch.no_grad()`` with its own ``torch.Generator``, inside ``torch.random.fork_rng``; it
-writes no ``.grad`` and no batch-norm statistics. The probe inputs (``num_examples`` inputs from the first
-training batches, or noise shaped like ``example_input_array``) are taken once and saved in the callback's
-checkpoint state, so curves stay comparable across a resume.
+Monitoring leaves no trace on training: it runs on global rank 0 only, quietly (eval mode, every module's mode and
+every random stream restored), under ``torch.no_grad()`` with its own ``torch.Generator``; it writes no ``.grad``
+and no batch-norm statistics. The probe (``num_examples`` examples of the first training batches, all tensors of a
+dict batch, or noise like ``example_input_array``) is taken once and saved in the callback's checkpoint state, so
+curves stay comparable across a resume. Token models (dict batches, ``forward(**batch)``, ``ModelOutput``
+outputs) work as they are: see docs/monitoring.md.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -51,22 +55,25 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
-from lightning_prune_init.callbacks.batches import fetch_batches
-from lightning_prune_init._quiet import preserve_random_state
 from lightning_prune_init import _compat
-from lightning_prune_init.parameters import layer_name, prunable_parameters
-from lightning_prune_init.scoring import resolve_callable
-from lightning_prune_init.spectrum import END_TO_END, METHODS, SCOPES, SpectrumStats, jacobian_singular_values
+from lightning_prune_init._imports import resolve_callable
+from lightning_prune_init._quiet import preserve_random_state
+from lightning_prune_init._validation import check_bool, check_choice, check_int, check_mapping, check_patterns
+from lightning_prune_init.callbacks.batches import fetch_batches
+from lightning_prune_init.callbacks.prune_at_init import PruneAtInitCallback
+from lightning_prune_init.parameters import ParameterSelection, select_parameters
+from lightning_prune_init.spectrum import METHODS, SCOPES, SpectrumStats, jacobian_singular_values
+from lightning_prune_init.spectrum import report
+from lightning_prune_init.spectrum.calls import Probe, batch_size, concat_batches, map_tensors, slice_batch
+from lightning_prune_init.spectrum.probes import noise_probe, probe_of, vocabulary_size
+from lightning_prune_init.spectrum.tracing import select_keys, selected_layers
 
 __all__ = ["SignalPropagationMonitor", "STAGES"]
 
 #: Stages a ``PruneAtInitCallback`` announces, in order, plus ``fit_start`` and ``train``.
 STAGES: tuple[str, ...] = ("after_init", "after_pruning", "after_repair", "fit_start", "train")
-_STATE_FORMAT = 1
-
-
-def _default_forward(module: torch.nn.Module, x: Tensor) -> Tensor:
-    return module(x)
+_STATE_FORMAT = 2  # 1: the probe was always a tensor; 2: a tensor or a dict batch
+_SPECTRUM_KWARGS = ("max_exact_dim", "max_exact_numel", "power_iters", "num_probes", "lanczos_steps", "lanczos_probes")
 
 
 class SignalPropagationMonitor(Callback):
@@ -78,17 +85,21 @@ class SignalPropagationMonitor(Callback):
         scopes: which of ``"weights"``, ``"layerwise"``, ``"end_to_end"`` to compute. Default all three.
         num_examples: probe examples for the data-dependent scopes. Default 8.
         layers: glob pattern(s) on layer (module) names, e.g. ``"net.*"``, choosing the layers reported.
-            Default: every prunable layer.
+            Default: every selected layer.
         method: ``"exact"``, ``"estimate"`` or ``"auto"`` (default; exact for small Jacobians), see
             :func:`~lightning_prune_init.spectrum.jacobian_singular_values`.
-        probe: ``"data"`` (default; inputs of the first training batches) or ``"noise"`` (standard normal
-            noise shaped like ``pl_module.example_input_array``, from a generator seeded with ``seed``).
-            ``"data"`` falls back to noise, with a warning, when there is no train dataloader.
-        input_key: for dict batches, the key of the inputs. Tuple/list batches use element 0, tensor batches
-            the tensor itself.
-        forward_fn: ``forward_fn(pl_module, x) -> output tensor`` or its import path; default ``pl_module(x)``.
-        include, exclude: glob patterns on parameter names defining the prunable layers, as for
-            ``PruneAtInitCallback`` (default: weights of every conv and linear layer).
+        probe: ``"data"`` (default; the first training batches) or ``"noise"`` (like
+            ``pl_module.example_input_array``: ``N(0, 1)`` for floating tensors, uniform token ids for the integer
+            input, from a generator seeded with ``seed``). ``"data"`` falls back to noise, with a warning, when there
+            is no train dataloader.
+        input_key: for dict batches, the entry the end-to-end Jacobian starts from (a floating entry; an integer one
+            starts it at the input embedding's output). Default: found automatically (the embedding output of a
+            token model). The module's forward always receives the whole dict batch (``pl_module(**batch)``).
+        forward_fn: ``forward_fn(pl_module, probe) -> output`` or its import path; default ``pl_module(probe)``, or
+            ``pl_module(**probe)`` for a dict probe. Outputs that are not tensors are read through ``logits``.
+        include, exclude: glob patterns on parameter names choosing the layers when no ``PruneAtInitCallback``
+            gives its selection (default: weights of every linear, conv, transformers ``Conv1D`` and attention
+            input projection).
         histograms: log histograms of the exact singular values to TensorBoard. Default True.
         figures: log the per-layer figure to TensorBoard. Default True.
         seed: seed of the probe noise and of the estimators' random vectors. Default 0.
@@ -97,6 +108,10 @@ class SignalPropagationMonitor(Callback):
 
     The last results are kept in :attr:`last_results` (``{scope: {layer: SpectrumStats}}``) and
     :attr:`last_density` on rank 0.
+
+    >>> monitor = SignalPropagationMonitor(every_n_steps=50, scopes=["end_to_end"], num_examples=4)
+    >>> monitor.scopes, monitor.every_n_steps
+    (('end_to_end',), 50)
     """
 
     def __init__(
@@ -108,7 +123,7 @@ class SignalPropagationMonitor(Callback):
         method: Literal["exact", "estimate", "auto"] = "auto",
         probe: Literal["data", "noise"] = "data",
         input_key: str | None = None,
-        forward_fn: str | Callable[[LightningModule, Tensor], Tensor] | None = None,
+        forward_fn: str | Callable[[LightningModule, Any], Any] | None = None,
         include: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None,
         histograms: bool = True,
@@ -117,56 +132,46 @@ class SignalPropagationMonitor(Callback):
         spectrum_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if every_n_steps is not None and (
-            isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 0
-        ):
-            raise ValueError(f"`every_n_steps` must be None or an integer >= 0, got {every_n_steps!r}")
+        self.every_n_steps = check_int("every_n_steps", every_n_steps, minimum=0, allow_none=True) or 0
         scopes = (scopes,) if isinstance(scopes, str) else tuple(scopes)
         if not scopes or any(s not in SCOPES for s in scopes):
             raise ValueError(f"`scopes` must be a non-empty list of {SCOPES}, got {scopes!r}")
-        if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
-            raise ValueError(f"`num_examples` must be an integer >= 1, got {num_examples!r}")
-        if method not in METHODS:
-            raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
-        if probe not in ("data", "noise"):
-            raise ValueError(f"`probe` must be 'data' or 'noise', got {probe!r}")
-        allowed = {"max_exact_dim", "max_exact_numel", "power_iters", "num_probes", "lanczos_steps", "lanczos_probes"}
-        spectrum_kwargs = dict(spectrum_kwargs or {})
-        unknown = set(spectrum_kwargs) - allowed
-        if unknown:
-            raise ValueError(f"`spectrum_kwargs` accepts {sorted(allowed)}, got unknown {sorted(unknown)}")
-        self.every_n_steps = every_n_steps or 0
         self.scopes = scopes
-        self.num_examples = num_examples
-        self.layers = layers
-        self.method = method
-        self.probe = probe
+        self.num_examples = check_int("num_examples", num_examples, minimum=1)
+        self.layers = check_patterns("layers", layers)
+        self.method = check_choice("method", method, METHODS)
+        self.probe = check_choice("probe", probe, ("data", "noise"))
+        if input_key is not None and not isinstance(input_key, str):
+            raise TypeError(f"`input_key` must be the name of a dict batch entry or None, got {input_key!r}")
         self.input_key = input_key
-        self.forward_fn: Callable = resolve_callable(forward_fn, "forward_fn") or _default_forward
-        self.include = include
-        self.exclude = exclude
-        self.histograms = histograms
-        self.figures = figures
-        self.seed = seed
-        self.spectrum_kwargs = spectrum_kwargs
+        self.forward_fn: Callable | None = resolve_callable(forward_fn, "forward_fn")
+        self.include = check_patterns("include", include)
+        self.exclude = check_patterns("exclude", exclude)
+        self.histograms = check_bool("histograms", histograms)
+        self.figures = check_bool("figures", figures)
+        self.seed = check_int("seed", seed)
+        self.spectrum_kwargs = check_mapping("spectrum_kwargs", spectrum_kwargs) or {}
+        unknown = set(self.spectrum_kwargs) - set(_SPECTRUM_KWARGS)
+        if unknown:
+            raise ValueError(f"`spectrum_kwargs` accepts {list(_SPECTRUM_KWARGS)}, got unknown {sorted(unknown)}")
         self.last_results: dict[str, dict[str, SpectrumStats]] = {}
         self.last_density: dict[str, float] = {}
-        self._probe: Tensor | None = None  # [num_examples, ...] on CPU
+        self.stage_results: dict[str, dict[str, dict[str, SpectrumStats]]] = {}
+        self._probe: Probe | None = None  # num_examples examples, on CPU
+        self._selection: ParameterSelection | None = None  # the monitor's own, built once
         self._last_train_step = -1
         self._warned_loggers = False
-        self.stage_results: dict[str, dict[str, dict[str, SpectrumStats]]] = {}
 
     # --- Lightning hooks ----------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        strategy = type(trainer.strategy).__name__
         if stage == "fit" and _compat.shards_parameters(trainer):
             raise MisconfigurationException(
-                f"SignalPropagationMonitor does not support {strategy}: it runs the module on global rank 0 alone, "
-                "which needs the full parameters on that rank. Supported: single device and DDP."
+                f"SignalPropagationMonitor does not support {type(trainer.strategy).__name__}: it runs the module on "
+                "global rank 0 alone, which needs the full parameters on that rank. Supported: single device and DDP."
             )
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not any(type(cb).__name__ == "PruneAtInitCallback" for cb in trainer.callbacks):
+        if _pruner(trainer) is None:
             self.log_stage(trainer, pl_module, "fit_start")
 
     def on_prune_stage(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -185,7 +190,7 @@ class SignalPropagationMonitor(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
             return
-        if state_dict.get("format") != _STATE_FORMAT:
+        if state_dict.get("format") not in (1, _STATE_FORMAT):
             raise ValueError(f"unknown SignalPropagationMonitor state format {state_dict.get('format')!r}")
         self._probe = state_dict.get("probe")
         self._last_train_step = int(state_dict.get("last_train_step", -1))
@@ -209,37 +214,25 @@ class SignalPropagationMonitor(Callback):
         Rows: every layer of the ``layerwise`` scope (else ``weights``), then the end-to-end Jacobian; columns:
         the stages logged so far, in order (the ``train`` column is the latest training-time call).
         """
-        if not self.stage_results:
-            return ""
-        stages = list(self.stage_results)
-        scope = "layerwise" if "layerwise" in self.scopes else "weights" if "weights" in self.scopes else None
-        rows: list[tuple[str, list[str]]] = []
-        layer_names: list[str] = []
-        for results in self.stage_results.values():
-            for name in results.get(scope, {}) if scope else {}:
-                if name not in layer_names:
-                    layer_names.append(name)
-        cell = lambda st: f"{st.mean:.3f} ± {st.std:.3f} [{st.min:.3f}, {st.max:.3f}]" if st is not None else ""  # noqa: E731
-        for name in layer_names:
-            rows.append((f"{scope}: {name}", [cell(self.stage_results[s].get(scope, {}).get(name)) for s in stages]))
-        if "end_to_end" in self.scopes:
-            rows.append(("end to end", [cell(self.stage_results[s].get("end_to_end", {}).get(END_TO_END)) for s in stages]))
-        width = max(len(r[0]) for r in rows)
-        widths = [max(len(stage), *(len(r[1][i]) for r in rows)) for i, stage in enumerate(stages)]
-        lines = ["Jacobian singular values: mean ± std [min, max]"]
-        lines.append("  ".join([" " * width] + [st.rjust(w) for st, w in zip(stages, widths)]))
-        for label, cells in rows:
-            lines.append("  ".join([label.ljust(width)] + [c.rjust(w) for c, w in zip(cells, widths)]))
-        return "\n".join(lines)
+        return report.summary_table(self.stage_results, self.scopes)
+
+    def selection(self, trainer: Trainer | None, pl_module: LightningModule) -> ParameterSelection:
+        """The tensors whose layers are monitored: the pruner's selection, else the monitor's own rule."""
+        pruner = _pruner(trainer) if trainer is not None else None
+        chosen = getattr(pruner, "selection", None)
+        if isinstance(chosen, ParameterSelection) and chosen.module is pl_module:
+            return chosen
+        if self._selection is None or self._selection.module is not pl_module:
+            self._selection = select_parameters(pl_module, include=self.include, exclude=self.exclude)
+        return self._selection
 
     def compute(
         self, trainer: Trainer | None, pl_module: LightningModule
     ) -> tuple[dict[str, dict[str, SpectrumStats]], dict[str, float]]:
         """``({scope: {layer or "end_to_end": SpectrumStats}}, {layer: density})`` for the module now."""
+        selection = self.selection(trainer, pl_module)
+        probe = self._probe_inputs(trainer, pl_module) if any(s != "weights" for s in self.scopes) else None
         results: dict[str, dict[str, SpectrumStats]] = {}
-        probe = None
-        if any(s != "weights" for s in self.scopes):
-            probe = self._probe_inputs(trainer, pl_module)
         for scope in self.scopes:
             results[scope] = jacobian_singular_values(
                 pl_module,
@@ -247,87 +240,66 @@ class SignalPropagationMonitor(Callback):
                 scope=scope,
                 method=self.method,
                 layers=self.layers if scope != "end_to_end" else None,
-                include=self.include,
-                exclude=self.exclude,
+                parameters=selection,
+                input_key=self.input_key,
                 forward_fn=self.forward_fn,
                 seed=self.seed,
                 **self.spectrum_kwargs,
             )
-        return results, self._density(pl_module)
+        return results, self._density(pl_module, selection)
 
-    def _density(self, pl_module: LightningModule) -> dict[str, float]:
-        try:
-            from lightning_prune_init.masking import get_masks
+    def _density(self, pl_module: LightningModule, selection: ParameterSelection) -> dict[str, float]:
+        from lightning_prune_init import get_masks  # the package is loaded by then; no import cycle
 
-            masks = get_masks(pl_module)
-        except ImportError:  # pragma: no cover - masking is part of the package
-            masks = {}
+        masks = get_masks(pl_module)
+        layers = selected_layers(pl_module, selection)
         density: dict[str, float] = {}
-        for name, p in prunable_parameters(pl_module, include=self.include, exclude=self.exclude).items():
-            if p.dim() < 2:
-                continue
-            key = layer_name(name) if name.endswith(".weight") else name
-            mask = masks.get(name)
+        for key in select_keys(list(layers), self.layers):
+            name = layers[key].parameter
+            p, mask = selection[name], masks.get(name)
             kept = int(mask.sum()) if mask is not None else int(torch.count_nonzero(p.detach()))
             density[key] = kept / p.numel()
-        if self.layers is not None:
-            patterns = [self.layers] if isinstance(self.layers, str) else list(self.layers)
-            density = {k: v for k, v in density.items() if any(fnmatch.fnmatchcase(k, pat) for pat in patterns)}
         return density
 
-    def _inputs_of(self, batch: Any) -> Tensor:
-        if isinstance(batch, Tensor):
-            return batch
-        if isinstance(batch, Mapping):
-            if self.input_key is None or self.input_key not in batch:
-                raise ValueError(
-                    f"dict batches need `input_key` naming the inputs; batch keys are {list(batch)}, "
-                    f"input_key={self.input_key!r}"
-                )
-            return batch[self.input_key]
-        if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-            return batch[0]
-        raise TypeError(
-            f"cannot find the inputs in a batch of type {type(batch).__name__}: batches must be a tensor, "
-            "(inputs, ...) or a dict with `input_key`; or use probe='noise'"
-        )
-
-    def _probe_inputs(self, trainer: Trainer | None, pl_module: LightningModule) -> Tensor:
+    def _probe_inputs(self, trainer: Trainer | None, pl_module: LightningModule) -> Probe:
         if self._probe is None:
             self._probe = self._make_probe(trainer, pl_module)
         dtype = next((p.dtype for p in pl_module.parameters() if p.is_floating_point()), None)
-        probe = self._probe.to(pl_module.device)
-        if dtype is not None and probe.is_floating_point():
-            probe = probe.to(dtype)
-        return probe
 
-    def _make_probe(self, trainer: Trainer | None, pl_module: LightningModule) -> Tensor:
+        def place(t: Tensor) -> Tensor:
+            t = t.to(pl_module.device)
+            return t.to(dtype) if dtype is not None and t.is_floating_point() else t
+
+        return map_tensors(self._probe, place)
+
+    def _make_probe(self, trainer: Trainer | None, pl_module: LightningModule) -> Probe:
         use_data = self.probe == "data"
         if use_data and (trainer is None or not _compat.train_data_defined(trainer)):
             rank_zero_warn("SignalPropagationMonitor: no train dataloader; probing with noise shaped like the inputs")
             use_data = False
         if use_data:
             assert trainer is not None
-            inputs = [self._inputs_of(b) for b in fetch_batches(trainer, pl_module, 1)]
-            have = inputs[0].shape[0]
+            batches = [probe_of(b, self.input_key) for b in fetch_batches(trainer, pl_module, 1)]
+            have = batch_size(batches[0], "the training batch")
             if have < self.num_examples:
-                more = math.ceil(self.num_examples / max(have, 1))
-                inputs = [self._inputs_of(b) for b in fetch_batches(trainer, pl_module, more)]
-            x = torch.cat(inputs)[: self.num_examples]
-            if x.shape[0] < self.num_examples:
+                more = math.ceil(self.num_examples / have)
+                batches = [probe_of(b, self.input_key) for b in fetch_batches(trainer, pl_module, more)]
+            probe = slice_batch(concat_batches(batches), slice(0, self.num_examples))
+            got = batch_size(probe)
+            if got < self.num_examples:
                 rank_zero_warn(
-                    f"SignalPropagationMonitor: the train dataloader has {x.shape[0]} examples; "
-                    f"num_examples={self.num_examples} reduced to {x.shape[0]}"
+                    f"SignalPropagationMonitor: the train dataloader has {got} examples; "
+                    f"num_examples={self.num_examples} reduced to {got}"
                 )
-            return x.detach().to("cpu", copy=True)
+            return map_tensors(probe, lambda t: t.detach().to("cpu", copy=True))
         like = getattr(pl_module, "example_input_array", None)
-        if not isinstance(like, Tensor):
+        if not isinstance(like, (Tensor, Mapping)):
             raise ValueError(
                 "SignalPropagationMonitor needs probe inputs: give a train dataloader (probe='data') or set "
-                "`example_input_array` on the LightningModule (probe='noise')"
+                "`example_input_array` on the LightningModule (a tensor or a dict batch; probe='noise')"
             )
         generator = torch.Generator().manual_seed(self.seed)
-        return torch.randn((self.num_examples, *like.shape[1:]), generator=generator, dtype=torch.float32)
+        return noise_probe(like, self.num_examples, generator, vocabulary_size(pl_module), self.input_key)
 
     # --- logging ------------------------------------------------------------------------------------
     @staticmethod
@@ -335,27 +307,15 @@ class SignalPropagationMonitor(Callback):
         stage: str, results: Mapping[str, Mapping[str, SpectrumStats]], density: Mapping[str, float]
     ) -> dict[str, float]:
         """The scalar metrics of one stage under their documented tags."""
-        out: dict[str, float] = {}
-        for scope, per_layer in results.items():
-            for layer, stats in per_layer.items():
-                prefix = f"jsv/{stage}/{scope}" if layer == END_TO_END else f"jsv/{stage}/{scope}/{layer}"
-                for stat, value in stats.scalars().items():
-                    out[f"{prefix}/{stat}"] = value
-        for layer, value in density.items():
-            out[f"density/{stage}/{layer}"] = value
-        return out
+        return report.metrics(stage, results, density)
 
     def _log(
-        self,
-        trainer: Trainer,
-        stage: str,
-        results: dict[str, dict[str, SpectrumStats]],
-        density: dict[str, float],
+        self, trainer: Trainer, stage: str, results: dict[str, dict[str, SpectrumStats]], density: dict[str, float]
     ) -> None:
         step = trainer.global_step
-        metrics = self.metrics(stage, results, density)
+        scalars = report.metrics(stage, results, density)
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
+            logger.log_metrics(scalars, step=step)
         if not (self.histograms or self.figures):
             return
         tensorboards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
@@ -368,46 +328,19 @@ class SignalPropagationMonitor(Callback):
             )
         if not tensorboards:
             return
-        figure = self._figure(stage, results, density) if self.figures else None
+        fig = report.figure(stage, results, density) if self.figures else None
         for logger in tensorboards:
             writer = logger.experiment
             if self.histograms:
                 for scope, per_layer in results.items():
                     for layer, stats in per_layer.items():
-                        if stats.values is None:
-                            continue
-                        tag = f"jsv/{stage}/{scope}" if layer == END_TO_END else f"jsv/{stage}/{scope}/{layer}"
-                        writer.add_histogram(f"{tag}/values", stats.values.flatten(), global_step=step)
-            if figure is not None:
-                writer.add_figure(f"jsv/{stage}/layers", figure, global_step=step, close=False)
+                        if stats.values is not None:
+                            tag = report.tag(stage, scope, layer)
+                            writer.add_histogram(f"{tag}/values", stats.values.flatten(), global_step=step)
+            if fig is not None:
+                writer.add_figure(f"jsv/{stage}/layers", fig, global_step=step, close=False)
 
-    @staticmethod
-    def _figure(stage: str, results: dict[str, dict[str, SpectrumStats]], density: dict[str, float]) -> Any:
-        from matplotlib.figure import Figure
 
-        spread_scope = next((s for s in ("layerwise", "weights") if results.get(s)), None)
-        layers = list(density)
-        fig = Figure(figsize=(max(4.0, 0.6 * len(layers) + 2), 5.0))
-        ax_density, ax_sv = fig.subplots(2, 1, sharex=True)
-        positions = list(range(len(layers)))
-        ax_density.bar(positions, [density[k] for k in layers], color="tab:gray")
-        ax_density.set_ylabel("density")
-        ax_density.set_ylim(0, 1.05)
-        ax_density.set_title(f"{stage}: per-layer density and singular values")
-        if spread_scope is not None:
-            per_layer = results[spread_scope]
-            for i, k in enumerate(layers):
-                stats = per_layer.get(k)
-                if stats is None:
-                    continue
-                if math.isfinite(stats.min):
-                    ax_sv.vlines(i, stats.min, stats.max, color="tab:blue")
-                ax_sv.plot([i], [stats.max], "v", color="tab:blue")
-                if math.isfinite(stats.mean):
-                    ax_sv.plot([i], [stats.mean], "o", color="tab:orange")
-            ax_sv.axhline(1.0, color="black", linewidth=0.5, linestyle="--")
-            ax_sv.set_ylabel(f"{spread_scope} σ (min–max, mean)")
-        ax_sv.set_xticks(positions)
-        ax_sv.set_xticklabels(layers, rotation=45, ha="right", fontsize=7)
-        fig.tight_layout()
-        return fig
+def _pruner(trainer: Trainer) -> PruneAtInitCallback | None:
+    """The ``PruneAtInitCallback`` of the run, if any."""
+    return next((cb for cb in trainer.callbacks if isinstance(cb, PruneAtInitCallback)), None)
