@@ -183,7 +183,7 @@ def _unchanged(model, before):
 def test_errors_leave_the_model_unchanged(tmp_path):
     with pytest.raises(ValueError, match=r"`sparsity` must be in \[0, 1\)"):
         PruneAtInitCallback(sparsity=1.0)
-    with pytest.raises(ValueError, match="`scope` must be one of"):
+    with pytest.raises(ValueError, match="`masking.scope` must be one of"):
         PruneAtInitCallback(masking={"scope": "local"})
 
     cases = [
