@@ -249,7 +249,7 @@ def test_init_and_isometry_repair_in_a_fit(tmp_path):
 
     pl.seed_everything(0)
     model = Classifier(net=conv_bn_net(), shape=(1, 12, 12))
-    callback = PruneAtInitCallback(0.8, init=Init("orthogonal", seed=3), isometry=IsometryRepair(solver="cg", steps=200))
+    callback = PruneAtInitCallback(0.8, init=Init("orthogonal", seed=3, zero_biases=True), isometry=IsometryRepair(solver="cg", steps=200))
     logger = CSVLogger(tmp_path, name="iso")
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, logger=logger, max_steps=2), callbacks=[callback, Stages()])
     trainer.fit(model)
