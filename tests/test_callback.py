@@ -337,7 +337,8 @@ def test_criteria_through_the_callback_and_density_profile(tmp_path):
     pl.seed_everything(0)
     model = Classifier()
     callback = PruneAtInitCallback(0.9, verbose=False, masking={"min_density": 0.05})
-    trainer = pl.Trainer(**trainer_kwargs(tmp_path / "profile", max_steps=1), callbacks=[callback])
+    logger = CSVLogger(tmp_path / "profile")
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path / "profile", max_steps=1, logger=logger), callbacks=[callback])
     trainer.fit(model)
     (path,) = glob.glob(str(tmp_path / "profile" / "**" / "prune_density-*.json"), recursive=True)
     assert path == callback.density_profile_path

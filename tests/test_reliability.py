@@ -19,9 +19,9 @@ from lightning_prune_init.masks import pack_masks
 from tests.helpers import Classifier, conv_bn_net, trainer_kwargs
 
 
-def _fit(tmp_path, callback, model=None, ckpt_path=None, **kwargs):
+def _fit(tmp_path, callback, model=None, ckpt_path=None, extra=(), **kwargs):
     model = model if model is not None else Classifier()
-    trainer = pl.Trainer(**trainer_kwargs(tmp_path, **kwargs), callbacks=[callback] + kwargs.pop("extra", []))
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, **kwargs), callbacks=[callback, *extra])
     trainer.fit(model, ckpt_path=ckpt_path)
     return model, trainer
 
@@ -149,12 +149,14 @@ def test_optimizer_state_nonzero_at_pruned_entries_is_zeroed_on_resume(tmp_path,
 
 # --- validate first, change nothing on error ---------------------------------------------------------------------
 class _DictModel(Classifier):
+    """Returns a dict without logits: the default loss cannot use it."""
+
     def forward(self, x):
-        return {"logits": self.net(x)}
+        return {"features": self.net(x)}
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        return torch.nn.functional.cross_entropy(self(x)["logits"], y)
+        return torch.nn.functional.cross_entropy(self(x)["features"], y)
 
 
 @pytest.mark.parametrize(
