@@ -165,7 +165,8 @@ class _DictModel(Classifier):
         ({"parameters": "encoder.*", "init": "orthogonal"}, Classifier, ValueError, "matches no parameter"),
         ({"masking": {"min_density": 0.5}, "init": "orthogonal"}, Classifier, ValueError, "min_density"),
         ({"init": "orthogonal"}, _DictModel, Exception, "logits"),
-        ({"masking": {"pattern": "2:4"}, "parameters": {"include": ["net.5.weight"]}, "init": "orthogonal"},
+        ({"sparsity": None, "masking": {"pattern": "2:4"}, "parameters": {"include": ["net.5.weight"]},
+          "init": "orthogonal"},
          lambda: Classifier(net=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 3), torch.nn.ReLU(),
                                                     torch.nn.Linear(3, 10), torch.nn.ReLU(), torch.nn.Linear(10, 5))),
          ValueError, "multiple of 4"),
@@ -176,7 +177,7 @@ def test_errors_that_need_the_model_come_before_any_change(tmp_path, kwargs, mod
     model = model_cls()
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(error, match=match):
-        _fit(tmp_path, PruneAtInitCallback(0.9, verbose=False, **kwargs), model=model, max_steps=1)
+        _fit(tmp_path, PruneAtInitCallback(**{"sparsity": 0.9, "verbose": False, **kwargs}), model=model, max_steps=1)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert get_masks(model) == {}
