@@ -321,3 +321,26 @@ def test_pack_format_is_plain(tmp_path):
     packed = pack_masks({"w": torch.rand(5, 7) > 0.5})
     torch.save(packed, tmp_path / "p.pt")
     assert torch.load(tmp_path / "p.pt", weights_only=True).keys() == packed.keys()
+
+
+def test_enforce_every_step_cleans_data_writes_before_each_training_forward(tmp_path):
+    seen = {True: [], False: []}
+
+    class Look(pl.Callback):
+        def __init__(self, key):
+            self.key = key
+
+        def on_before_backward(self, trainer, pl_module, loss):
+            # the weights the training forward just used
+            masks = get_masks(pl_module)
+            seen[self.key].append(
+                sum(int(torch.count_nonzero(pl_module.get_parameter(n).detach()[~m])) for n, m in masks.items())
+            )
+
+    for every_step in (False, True):
+        pl.seed_everything(0)
+        callbacks = [PruneAtInitCallback(0.9, verbose=False, policies={"enforce_every_step": every_step}),
+                     _WriteData(), Look(every_step)]
+        pl.Trainer(**trainer_kwargs(tmp_path, max_steps=4), callbacks=callbacks).fit(Classifier())
+    assert seen[True] == [0, 0, 0, 0]
+    assert seen[False][0] == 0 and any(seen[False][1:])  # the cheap check cannot see .data writes

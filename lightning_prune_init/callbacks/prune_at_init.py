@@ -226,6 +226,7 @@ class PruneAtInitCallback(Callback):
         for name in ("on_layer_collapse", "on_dead_units"):
             check_choice(f"policies.{name}", getattr(p, name), ("warn", "error", "ignore"))
         check_choice("policies.on_missing_state", p.on_missing_state, ("from_weights", "error"))
+        check_bool("policies.enforce_every_step", p.enforce_every_step)
         check_bool("policies.save_density_profile", p.save_density_profile)
         self.policies = p
         self.verbose = check_bool("verbose", verbose)
@@ -281,6 +282,10 @@ class PruneAtInitCallback(Callback):
         # Lightning restores optimizer state after on_fit_start: zero its pruned entries now, before the first step
         for optimizer in trainer.optimizers:
             zero_optimizer_state_(optimizer, pl_module)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self.policies.enforce_every_step:
+            mark_masks_stale(pl_module)
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         mark_masks_stale(pl_module)

@@ -201,6 +201,7 @@ def _prune(
     batches: list[Any] | None,
     written: list[str],
 ) -> None:
+    cb.selection = selection  # the monitor reads it from the first stage on
     if cb.init is not None:
         generator = None if cb.init.seed is None else torch.Generator().manual_seed(cb.init.seed)
         init_model_(
@@ -238,7 +239,6 @@ def _prune(
         masks = random_masks_like(masks, generator=m.ablation_seed)
     masks = _same_on_all_ranks(trainer, masks)
     cb.collapse = check_masks(masks, cb.policies.on_layer_collapse, cb.policies.on_dead_units)  # same on every rank
-    cb.selection = selection
     cb._pruned_with = cb.config()
     cb._attach(trainer, pl_module, masks)
     if m.ablation == "reinit":

@@ -165,6 +165,11 @@ class Policies:
         on_missing_state: resuming from a checkpoint that holds no state of this callback (e.g. saved with
             ``save_weights_only=True``): ``"from_weights"`` (default; the masks are the non-zero pattern of the
             restored weights, checked against the keep count) or ``"error"``.
+        enforce_every_step: also force the masks before every training forward, for code that writes weights
+            through ``.data`` during training (such writes do not move PyTorch's version counter, so the cheap
+            change check cannot see them). Costs one pass over the masked weights per step (3-7% of a step in
+            docs/benchmarks.md). Default False: validation, test, checkpoints and the final weights are exact either
+            way, and weight-averaging callbacks are handled.
         save_density_profile: write the per-tensor density as ``prune_density-<id>.json``/``.csv`` into the run's
             log folder (or its checkpoint folder without a logger) on rank 0. Default True.
     """
@@ -172,6 +177,7 @@ class Policies:
     on_layer_collapse: Policy = "warn"
     on_dead_units: Policy = "ignore"
     on_missing_state: Literal["from_weights", "error"] = "from_weights"
+    enforce_every_step: bool = False
     save_density_profile: bool = True
 
 
