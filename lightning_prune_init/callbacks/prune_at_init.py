@@ -310,6 +310,7 @@ class PruneAtInitCallback(Callback):
         masks = verify_restore(pl_module, restored, source)
         self._pending = None
         self.selection = select_parameters(pl_module, **restored.rule)
+        self.isometry_report = None
         changed = self._differences(restored.config)
         if changed:
             rank_zero_warn(
@@ -318,11 +319,11 @@ class PruneAtInitCallback(Callback):
             )
         self._pruned_with = restored.config
         self._attach(trainer, pl_module, masks)
-        decisions = restored.extra.get("sparse_decisions")
-        if decisions:
-            from lightning_prune_init.callbacks.sparse_execution import switch_to_sparse_execution
+        saved = restored.extra.get("sparse_execution")
+        if saved is not None or self.sparse_execution != "off":
+            from lightning_prune_init.callbacks.sparse_execution import resume_sparse_execution
 
-            self.sparse_report = switch_to_sparse_execution(trainer, pl_module, "on", decisions=decisions)
+            self.sparse_report = resume_sparse_execution(trainer, pl_module, saved, self.sparse_execution)
         rank_zero_info(f"PruneAtInitCallback: restored and verified the masks of {source!r} ({self._summary()}).")
 
     def _keep_attached(self, trainer: Trainer, pl_module: LightningModule, attached: dict[str, Tensor]) -> None:
@@ -406,11 +407,11 @@ class PruneAtInitCallback(Callback):
             selection=None if self.selection is None else {n: list(e.aliases) for n, e in self.selection.entries.items()},
             density_profile=self._profile(),
             isometry_report=None if self.isometry_report is None else self.isometry_report.to_dict(),
-            sparse_decisions=getattr(self.sparse_report, "decisions", None),
+            sparse_execution=self.sparse_report,
         )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # verified in on_fit_start, where the checkpoint's path and the restored module are known
         if state_dict:
-            read_state(state_dict, None)  # a state of unknown layout is refused at once
             self._pending = state_dict
 

@@ -156,7 +156,7 @@ def _snapshot(pl_module: LightningModule, selection: ParameterSelection) -> dict
 
 @torch.no_grad()
 def _rollback(cb: PruneAtInitCallback, pl_module: LightningModule, snapshot: dict[str, Tensor]) -> None:
-    if cb.sparse_report is not None:
+    if cb.sparse_execution != "off":  # also a switch that failed half-way
         from lightning_prune_init.sparse import disable_sparse_execution
 
         disable_sparse_execution(pl_module)
@@ -262,6 +262,4 @@ def _prune(
     if cb.sparse_execution != "off":
         from lightning_prune_init.callbacks.sparse_execution import switch_to_sparse_execution
 
-        cb.sparse_report = switch_to_sparse_execution(trainer, pl_module, cb.sparse_execution)
-        if cb.verbose:
-            rank_zero_info(f"PruneAtInitCallback: sparse execution\n{cb.sparse_report}")
+        cb.sparse_report = switch_to_sparse_execution(trainer, pl_module, cb.sparse_execution, verbose=cb.verbose)

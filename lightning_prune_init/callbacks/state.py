@@ -37,6 +37,7 @@ __all__ = [
     "CheckpointStateError",
     "RestoredState",
     "build_state",
+    "expected_kept",
     "masks_from_weights",
     "read_state",
     "verify_restore",
@@ -90,26 +91,54 @@ def _config_from_v1(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read_state(state: Mapping[str, Any], source: str | None) -> RestoredState:
-    """Check the layout of a saved state (format, keys); masks are decoded later, by :func:`verify_restore`.
+def read_state(state: Any, source: str | None) -> RestoredState:
+    """Check the layout of a saved state (a mapping of a known format with its keys); masks are decoded later, by
+    :func:`verify_restore`.
 
     Raises:
-        CheckpointStateError: an unknown format or a missing key (the message names ``source``).
+        CheckpointStateError: not a mapping, an unknown format, a missing or malformed key (the message names
+            ``source``).
     """
+
+    def refuse(what: str) -> CheckpointStateError:
+        return CheckpointStateError(f"PruneAtInitCallback: the checkpoint {source!r} holds {what}. {_WAY_OUT}")
+
+    if not isinstance(state, Mapping):
+        raise refuse(f"a state of type {type(state).__name__} instead of a mapping")
     fmt = state.get("format")
     if fmt not in (1, STATE_FORMAT):
-        raise CheckpointStateError(
-            f"PruneAtInitCallback: the checkpoint {source!r} holds a state of unknown format {fmt!r} (this version "
-            f"reads formats 1 and {STATE_FORMAT}). {_WAY_OUT}"
-        )
+        raise refuse(f"a state of unknown format {fmt!r} (this version reads formats 1 and {STATE_FORMAT})")
     missing = [k for k in ("masks", "config") if k not in state]
     if missing:
-        raise CheckpointStateError(
-            f"PruneAtInitCallback: the checkpoint {source!r} holds an incomplete state (missing {missing}). {_WAY_OUT}"
-        )
+        raise refuse(f"an incomplete state (missing {missing})")
+    if not isinstance(state["config"], Mapping) or not isinstance(state["masks"], Mapping):
+        raise refuse("a state whose `config` or `masks` is not a mapping")
+    report = state.get("report") or {}
+    if not isinstance(report, Mapping):
+        raise refuse("a state whose `report` is not a mapping")
     config = dict(state["config"]) if fmt == STATE_FORMAT else _config_from_v1(dict(state["config"]))
     extra = {k: v for k, v in state.items() if k not in ("format", "masks", "config", "report")}
-    return RestoredState(state["masks"], config, dict(state.get("report") or {}), extra)
+    return RestoredState(state["masks"], config, dict(report), extra)
+
+
+def expected_kept(config: Mapping[str, Any], masks: Mapping[str, Tensor]) -> int | None:
+    """The total number of kept entries the saved settings give for masks of these shapes (``None``: unknown)."""
+    from lightning_prune_init.selection import keep_count, min_keep_count, parse_pattern
+
+    masking = config.get("masking") or {}
+    sparsity = config.get("sparsity")
+    scope = masking.get("scope", config.get("scope", "global"))
+    min_density = masking.get("min_density", config.get("min_density", 0.0)) or 0.0
+    pattern = masking.get("pattern")
+    numels = [m.numel() for m in masks.values()]
+    if pattern:
+        n, m = parse_pattern(pattern)
+        return sum(k // m * n for k in numels)
+    if not isinstance(sparsity, (int, float)):
+        return None
+    if scope == "layerwise":
+        return sum(max(keep_count(k, sparsity), min_keep_count(k, min_density)) for k in numels)
+    return keep_count(sum(numels), sparsity)
 
 
 def verify_restore(module: nn.Module, restored: RestoredState, source: str | None) -> dict[str, Tensor]:
@@ -145,6 +174,19 @@ def verify_restore(module: nn.Module, restored: RestoredState, source: str | Non
         kept = int(torch.count_nonzero(mask))
         if saved is not None and int(saved) != kept:
             raise refuse(f"the mask of {name} keeps {kept:,} entries, the checkpoint's report says {int(saved):,}")
+    total = sum(int(torch.count_nonzero(m)) for m in masks.values())
+    expected = expected_kept(restored.config, masks)
+    if expected is not None and total != expected:
+        raise refuse(
+            f"its masks keep {total:,} entries in all, but its settings (sparsity {restored.config.get('sparsity')}) "
+            f"keep {expected:,}"
+        )
+    sparse = restored.extra.get("sparse_execution")
+    if sparse is not None:
+        layers = sparse.get("layers") if isinstance(sparse, Mapping) else None
+        if not isinstance(layers, Mapping) or any(name not in masks for name in layers):
+            unknown = [n for n in layers if n not in masks] if isinstance(layers, Mapping) else layers
+            raise refuse(f"its sparse-execution report names layers without a mask: {unknown}")
     nonzero = {n: c for n, c in masked_nonzeros(module, masks).items() if c}
     if nonzero:
         listed = ", ".join(f"{n} ({c:,})" for n, c in nonzero.items())
