@@ -30,12 +30,11 @@ from lightning_prune_init import (  # noqa: E402
     apply_masks,
     approximate_isometry,
     connection_sensitivity,
-    criterion_masks,
     init_model_,
     jacobian_singular_values,
-    noise_batches,
     select_masks,
 )
+from lightning_prune_init.scoring import criterion_masks, noise_batches  # noqa: E402
 from lightning_prune_init.papers import build_network  # noqa: E402
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "results")

@@ -23,6 +23,7 @@ __all__ = [
     "check_bool",
     "check_bool_masks",
     "check_choice",
+    "check_generator",
     "check_instances",
     "check_int",
     "check_mapping",
@@ -99,6 +100,16 @@ def check_number(
     above = maximum is not None and (value > maximum or (value == maximum and not maximum_inclusive))
     if not math.isfinite(value) or below or above:
         raise ValueError(f"`{argument}` must be a finite number{bounds}, got {value}")
+    return value
+
+
+def check_generator(argument: str, value: Any) -> Any:
+    """``value`` if it is ``None`` or a ``torch.Generator``, else ``TypeError`` (an int seed is not accepted here)."""
+    if value is not None and not isinstance(value, torch.Generator):
+        raise TypeError(
+            f"`{argument}` must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) or None, got "
+            f"{type(value).__name__} {value!r}"
+        )
     return value
 
 

@@ -348,9 +348,3 @@ def as_selection(
         f"them or None, got {type(parameters).__name__}"
     )
 
-
-def prunable_parameters(
-    model: nn.Module, include: Patterns = None, exclude: Patterns = None, prune_biases: bool = False
-) -> ParameterSelection:
-    """Transitional name of :func:`select_parameters` (same arguments); removed once every stage takes a selection."""
-    return select_parameters(model, include, exclude, prune_biases=prune_biases)

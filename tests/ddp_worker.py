@@ -70,7 +70,7 @@ def run_criteria(out: str) -> None:
         pl.seed_everything(0)
         model = Classifier(n=128, batch_size=16)
         options = {"rounds": 3} if name in ("synflow", "iterative_snip") else None
-        pruner = PruneAtInitCallback(0.9, criterion=name, criterion_options=options, verbose=False)
+        pruner = PruneAtInitCallback(0.9, criterion=name, scoring={"options": options}, verbose=False)
         dump = Dump(os.path.join(out, name), "after")
         os.makedirs(dump.out, exist_ok=True)
         _trainer([pruner, dump], dump.out, max_steps=2).fit(model)

@@ -11,7 +11,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from lightning_prune_init import LayerCollapseError, PruneAtInitCallback, get_masks
+from lightning_prune_init import PruneAtInitCallback, get_masks
+from lightning_prune_init.callbacks import Init
+from lightning_prune_init.selection import LayerCollapseError
 from lightning_prune_init.scoring import ScoringInputError
 
 from tests.helpers import Classifier, conv_bn_net, lenet300, trainer_kwargs
@@ -95,7 +97,7 @@ def test_resume_restores_masks_bit_identically_without_rescoring(tmp_path, monke
     assert Classifier.load_from_checkpoint(ckpt_path, strict=True) is not None
 
     # resume: the masks come from the checkpoint; scoring must not run again
-    import lightning_prune_init.callbacks.prune_at_init as module
+    import lightning_prune_init.callbacks.pruning as module
 
     monkeypatch.setattr(module, "criterion_masks", lambda *a, **k: pytest.fail("re-scored on resume"))
     pl.seed_everything(1)  # a different init and data order would give other masks if pruning ran again
@@ -126,7 +128,7 @@ def test_weights_only_checkpoint_never_gives_a_silently_different_mask(tmp_path)
     assert "callbacks" not in torch.load(path, weights_only=False)
 
     # on_missing_state="error": a clear refusal, before any training
-    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=6), callbacks=[PruneAtInitCallback(0.9, on_missing_state="error")])
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=6), callbacks=[PruneAtInitCallback(0.9, policies={"on_missing_state": "error"})])
     with pytest.raises(RuntimeError, match="holds no PruneAtInitCallback state"):
         trainer.fit(Classifier(), ckpt_path=path)
 
@@ -168,7 +170,7 @@ def test_label_free_and_data_free(tmp_path):
     for n in (16, 48):
         pl.seed_everything(0)
         model = Classifier(n=n)
-        cb = PruneAtInitCallback(0.9, supervision="data_free", noise_seed=3, noise_batch_size=8)
+        cb = PruneAtInitCallback(0.9, supervision="data_free", scoring={"noise_seed": 3, "noise_batch_size": 8})
         pl.Trainer(**trainer_kwargs(tmp_path, max_steps=1), callbacks=[cb]).fit(model)
         runs.append(cb.masks)
     assert all(torch.equal(runs[0][n], runs[1][n]) for n in runs[0])
@@ -181,13 +183,13 @@ def _unchanged(model, before):
 def test_errors_leave_the_model_unchanged(tmp_path):
     with pytest.raises(ValueError, match=r"`sparsity` must be a finite number in \[0, 1\)"):
         PruneAtInitCallback(sparsity=1.0)
-    with pytest.raises(ValueError, match="`scope` must be one of"):
-        PruneAtInitCallback(scope="local")
+    with pytest.raises(ValueError, match="`masking.scope` must be one of"):
+        PruneAtInitCallback(masking={"scope": "local"})
 
     cases = [
-        (PruneAtInitCallback(0.9, include="encoder.*"), ValueError, "matches no parameter"),
-        (PruneAtInitCallback(0.9, exclude="*"), ValueError, "no prunable parameters"),
-        (PruneAtInitCallback(0.999, on_layer_collapse="error", exclude="net.1.*"), LayerCollapseError, "pruned entirely"),
+        (PruneAtInitCallback(0.9, parameters="encoder.*"), ValueError, "matches no parameter"),
+        (PruneAtInitCallback(0.9, parameters={"exclude": ["*"]}), ValueError, "no prunable parameters"),
+        (PruneAtInitCallback(0.999, policies={"on_layer_collapse": "error"}, parameters={"exclude": ["net.1.*"]}), LayerCollapseError, "pruned entirely"),
     ]
     for callback, error, message in cases:
         pl.seed_everything(0)
@@ -237,7 +239,8 @@ def test_sharded_strategy_is_refused():
 
 
 def test_init_and_isometry_repair_in_a_fit(tmp_path):
-    from lightning_prune_init import IsometryRepair, orthogonality_error
+    from lightning_prune_init import orthogonality_error
+    from lightning_prune_init.callbacks import IsometryRepair
 
     stages = []
 
@@ -247,7 +250,7 @@ def test_init_and_isometry_repair_in_a_fit(tmp_path):
 
     pl.seed_everything(0)
     model = Classifier(net=conv_bn_net(), shape=(1, 12, 12))
-    callback = PruneAtInitCallback(0.8, init="orthogonal", init_seed=3, isometry=IsometryRepair(solver="cg", steps=200))
+    callback = PruneAtInitCallback(0.8, init=Init("orthogonal", seed=3, zero_biases=True), isometry=IsometryRepair(solver="cg", steps=200))
     logger = CSVLogger(tmp_path, name="iso")
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, logger=logger, max_steps=2), callbacks=[callback, Stages()])
     trainer.fit(model)
@@ -294,20 +297,20 @@ def test_ablations_change_only_what_they_claim(tmp_path):
     base_masks = base.masks
     counts = {n: int(m.sum()) for n, m in base_masks.items()}
     for ablation in ("shuffle", "random"):
-        _, cb = _fit_masks(tmp_path, ablation=ablation, seed=1)
+        _, cb = _fit_masks(tmp_path, masking={"ablation": ablation, "ablation_seed": 1})
         assert {n: int(m.sum()) for n, m in cb.masks.items()} == counts  # same per-layer density
         assert all(not torch.equal(cb.masks[n], base_masks[n]) for n in counts)  # other positions
-        _, again = _fit_masks(tmp_path, ablation=ablation, seed=1)
+        _, again = _fit_masks(tmp_path, masking={"ablation": ablation, "ablation_seed": 1})
         assert all(torch.equal(cb.masks[n], again.masks[n]) for n in counts)  # deterministic under a seed
-    _, inverted = _fit_masks(tmp_path, ablation="invert")
+    _, inverted = _fit_masks(tmp_path, masking={"ablation": "invert"})
     assert sum(int(m.sum()) for m in inverted.masks.values()) == sum(counts.values())
     assert all(not (inverted.masks[n] & base_masks[n]).any() for n in counts)  # the lowest scores, not the highest
 
     pl.seed_everything(0)
     model = Classifier()
     recorder = Recorder()
-    reinit = PruneAtInitCallback(0.9, verbose=False, ablation="reinit", init="orthogonal", init_seed=0)
-    plain = PruneAtInitCallback(0.9, verbose=False, init="orthogonal", init_seed=0)
+    reinit = PruneAtInitCallback(0.9, verbose=False, masking={"ablation": "reinit"}, init=Init("orthogonal", seed=0))
+    plain = PruneAtInitCallback(0.9, verbose=False, init=Init("orthogonal", seed=0))
     weights = []
     for callback in (plain, reinit):
         pl.seed_everything(0)
@@ -327,23 +330,26 @@ def test_criteria_through_the_callback_and_density_profile(tmp_path):
 
     for criterion, options in [("synflow", {"rounds": 5}), ("grasp", None), ("magnitude", None), ("random", None),
                                ("iterative_snip", {"rounds": 3})]:
-        model, cb = _fit_masks(tmp_path, criterion=criterion, criterion_options=options)
+        model, cb = _fit_masks(tmp_path, criterion=criterion, scoring={"options": options})
         assert sum(int(m.sum()) for m in cb.masks.values()) == round(266_200 * 0.1), criterion
     with pytest.raises(ValueError, match="criterion"):
         PruneAtInitCallback(0.9, criterion="snipp")
 
     pl.seed_everything(0)
     model = Classifier()
-    callback = PruneAtInitCallback(0.9, verbose=False, min_density=0.05)
-    trainer = pl.Trainer(**trainer_kwargs(tmp_path / "profile", max_steps=1), callbacks=[callback])
+    callback = PruneAtInitCallback(0.9, verbose=False, masking={"min_density": 0.05})
+    logger = CSVLogger(tmp_path / "profile")
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path / "profile", max_steps=1, logger=logger), callbacks=[callback])
     trainer.fit(model)
-    profile = json.load(open(tmp_path / "profile" / "prune_density.json"))
+    (path,) = glob.glob(str(tmp_path / "profile" / "**" / "prune_density-*.json"), recursive=True)
+    assert path == callback.density_profile_path
+    profile = json.load(open(path))
     masks = get_masks(model)
     for name, row in profile["layers"].items():
         assert row["kept"] == int(masks[name].sum()) and row["total"] == masks[name].numel()
         assert row["density"] >= 0.05
         dead = int((~masks[name].any(dim=1)).sum())
         assert row["dead_units"] == dead
-    assert profile["config"]["min_density"] == 0.05
-    assert (tmp_path / "profile" / "prune_density.csv").read_text().startswith("parameter,kept,total,density,dead_units")
+    assert profile["config"]["masking"]["min_density"] == 0.05
+    assert open(path[: -len(".json")] + ".csv").read().startswith("parameter,kept,total,density,dead_units")
     assert callback.state_dict()["density_profile"] == profile["layers"]

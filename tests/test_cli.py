@@ -74,17 +74,17 @@ def test_callback_from_command_line_short_name(tmp_path):
     cli = _cli([
         "--model=ImageClassifier", "--data=DigitsDataModule", "--trainer.logger=false",
         "--trainer.callbacks+=PruneAtInitCallback", "--trainer.callbacks.sparsity=0.95",
-        "--trainer.callbacks.scope=layerwise",
+        "--trainer.callbacks.masking.scope=layerwise",
     ])
     added = [cb for cb in cli.trainer.callbacks if isinstance(cb, PruneAtInitCallback)][-1]
-    assert added.sparsity == 0.95 and added.scope == "layerwise"
+    assert added.sparsity == 0.95 and added.masking.scope == "layerwise"
 
 
 def test_wrong_value_gives_a_readable_error_not_a_traceback(tmp_path):
     config = os.path.join(ROOT, "examples", "configs", "demo.yaml")
     result = subprocess.run(
         [sys.executable, "-m", "lightning_prune_init.cli", "fit", "--model=ImageClassifier", "--data=DigitsDataModule",
-         "--trainer.callbacks+=PruneAtInitCallback", "--trainer.callbacks.scope=per_layer"],
+         "--trainer.callbacks+=PruneAtInitCallback", "--trainer.callbacks.masking.scope=per_layer"],
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )
     assert result.returncode != 0
@@ -134,8 +134,7 @@ def test_every_criterion_from_yaml_and_command_line(criterion, tmp_path):
         "--trainer.max_steps=2", "--test_after_fit=false", f"--trainer.default_root_dir={tmp_path}",
         "--trainer.enable_progress_bar=false",
         "--trainer.callbacks+=PruneAtInitCallback", f"--trainer.callbacks.criterion={criterion}",
-        '--trainer.callbacks.criterion_options={"rounds": 3}' if criterion in ("synflow", "iterative_snip") else
-        "--trainer.callbacks.criterion_options=null",
+        *(['--trainer.callbacks.scoring.options={"rounds": 3}'] if criterion in ("synflow", "iterative_snip") else []),
     ])
     pruner = next(cb for cb in cli.trainer.callbacks if isinstance(cb, PruneAtInitCallback))
     assert pruner.criterion == criterion
@@ -144,11 +143,9 @@ def test_every_criterion_from_yaml_and_command_line(criterion, tmp_path):
 
 
 def test_loss_fn_by_import_path_from_the_command_line(tmp_path):
-    from tests.helpers import dict_batch_loss
-
     cli = _cli([
         "--model=ImageClassifier", "--data=DigitsDataModule", "--trainer.logger=false",
-        "--trainer.callbacks+=PruneAtInitCallback", "--trainer.callbacks.loss_fn=tests.helpers.dict_batch_loss",
+        "--trainer.callbacks+=PruneAtInitCallback", "--trainer.callbacks.scoring.loss_fn=tests.helpers.dict_batch_loss",
     ])
     pruner = next(cb for cb in cli.trainer.callbacks if isinstance(cb, PruneAtInitCallback))
-    assert pruner.loss_fn is dict_batch_loss
+    assert pruner.scoring.loss_fn == "tests.helpers.dict_batch_loss"  # stored by import path

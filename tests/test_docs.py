@@ -13,14 +13,11 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
-from lightning_prune_init import (
-    PruneAtInitCallback,
-    connection_sensitivity,
-    prunable_parameters,
-    select_masks,
-)
-
+from lightning_prune_init import PruneAtInitCallback, connection_sensitivity, select_masks, select_parameters
+from lightning_prune_init.callbacks.state import read_state
 from lightning_prune_init.papers import MNISTDataModule
+from lightning_prune_init.scoring import criterion_masks, noise_batches
+
 from tests.helpers import Classifier, lenet300, trainer_kwargs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,20 +66,73 @@ class _FakeTrainer:
     strategy = FSDPStrategy.__new__(FSDPStrategy)
 
 
+class _OnceTanh(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return grad * (1 - y * y)
+
+
+class _OnceNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.b(_OnceTanh.apply(self.a(x)))
+
+
+def _missing_layer_checkpoint(tmp_path):
+    pl.seed_everything(0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "full", save_last=True)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=1, enable_checkpointing=True),
+                         callbacks=[PruneAtInitCallback(0.9, verbose=False), ckpt])
+    trainer.fit(Classifier())
+    state = torch.load(tmp_path / "full" / "last.ckpt", weights_only=False)
+    (key,) = [k for k in state["callbacks"] if "PruneAtInitCallback" in k]
+    state["callbacks"][key]["masks"]["masks"].pop("net.5.weight")
+    torch.save(state, tmp_path / "damaged.ckpt")
+    return str(tmp_path / "damaged.ckpt")
+
+
 REPRODUCERS = {
     "`sparsity` must be a finite number in [0, 1)": lambda tmp: PruneAtInitCallback(sparsity=1.0),
-    "matches no parameter": lambda tmp: prunable_parameters(lenet300(), include="fc1.*"),
-    "no prunable parameters": lambda tmp: prunable_parameters(nn.Sequential(nn.ReLU())),
-    "cannot read a scoring batch": lambda tmp: connection_sensitivity(lenet300(), [{"image": _batch()[0]}]),
+    "matches no parameter": lambda tmp: select_parameters(lenet300(), include="fc1.*"),
+    "no prunable parameters": lambda tmp: select_parameters(nn.Sequential(nn.ReLU())),
+    "cannot read a scoring batch": lambda tmp: connection_sensitivity(lenet300(), [[_batch()[0].tolist()]]),
     "not logits [batch, classes]": lambda tmp: connection_sensitivity(
         nn.Sequential(nn.Conv2d(1, 4, 3)), [(_batch()[0], torch.zeros(4, dtype=torch.long))]
     ),
     "labels='true' needs": lambda tmp: connection_sensitivity(lenet300(), [_batch()[0]]),
+    "cannot use `loss_fn`": lambda tmp: PruneAtInitCallback(
+        0.9, supervision="label_free", scoring={"loss_fn": "tests.helpers.dict_batch_loss"}
+    ),
+    "takes no option": lambda tmp: PruneAtInitCallback(0.9, scoring={"options": {"rounds": 3}}),
+    "needs autograd": lambda tmp: _in_inference_mode(lambda: connection_sensitivity(lenet300(), [_batch()])),
+    "on the meta device": lambda tmp: connection_sensitivity(lenet300().to("meta"), [_batch()]),
+    "needs second derivatives": lambda tmp: criterion_masks(
+        _OnceNet(), [(torch.randn(4, 6), torch.randint(0, 3, (4,)))], criterion="grasp", sparsity=0.5
+    ),
+    "pass `vocab_size`": lambda tmp: noise_batches({"input_ids": torch.randint(0, 50, (2, 5))}),
     "scores would not be finite": lambda tmp: connection_sensitivity(lenet300(), [(_batch()[0] * float("nan"), _batch()[1])]),
     "would be pruned entirely": lambda tmp: select_masks({"a": torch.ones(100), "b": torch.zeros(10)}, 0.5),
     "lower `min_density`": lambda tmp: select_masks({"a": torch.rand(100)}, 0.9, min_density=0.5),
+    "conflicts with `masking.pattern`": lambda tmp: PruneAtInitCallback(0.9, masking={"pattern": "2:4"}),
+    "input dimension to be a multiple of": lambda tmp: _fit(
+        tmp, PruneAtInitCallback(masking={"pattern": "2:8"}, parameters="net.5.weight")
+    ),
+    "has no import path": lambda tmp: PruneAtInitCallback(0.9, scoring={"logits_fn": lambda model, batch: batch}),
+    "cannot resume from": lambda tmp: _fit(tmp, PruneAtInitCallback(0.9), ckpt_path=_missing_layer_checkpoint(tmp)),
+    "holds a state of unknown format": lambda tmp: read_state({"format": 99}, "last.ckpt"),
     "holds no PruneAtInitCallback state": lambda tmp: _fit(
-        tmp, PruneAtInitCallback(0.9, on_missing_state="error"), ckpt_path=_weights_only_checkpoint(tmp)
+        tmp, PruneAtInitCallback(0.9, policies={"on_missing_state": "error"}), ckpt_path=_weights_only_checkpoint(tmp)
     ),
     "do not match the keep count": lambda tmp: _fit(
         tmp, PruneAtInitCallback(0.5), ckpt_path=_weights_only_checkpoint(tmp)
@@ -92,6 +142,11 @@ REPRODUCERS = {
     "Pass `download=True`": lambda tmp: MNISTDataModule(root=str(tmp / "nothing")).prepare_data(),
     "no train dataloader to fetch batches from": lambda tmp: _fit(tmp, PruneAtInitCallback(0.9), model=_NoData()),
 }
+
+
+def _in_inference_mode(fn):
+    with torch.inference_mode():
+        return fn()
 
 
 def test_every_troubleshooting_entry_has_a_reproducer():

@@ -13,13 +13,11 @@ from lightning_prune_init import (
     apply_masks,
     connection_sensitivity,
     get_masks,
-    pack_masks,
     remove_masks,
     select_masks,
     sparsity_report,
-    to_torch_prune,
-    unpack_masks,
 )
+from lightning_prune_init.masks import pack_masks, to_torch_prune, unpack_masks
 
 from tests.helpers import conv_bn_net, lenet300
 

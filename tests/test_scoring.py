@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from lightning_prune_init import connection_sensitivity, noise_batches, prunable_parameters, select_masks
+from lightning_prune_init import connection_sensitivity, select_masks, select_parameters
+from lightning_prune_init.scoring import noise_batches
 from lightning_prune_init.scoring import ScoringInputError
 
 from tests.helpers import conv_bn_net, lenet300
@@ -121,18 +122,18 @@ def test_scoring_leaves_no_trace():
 
 def test_include_exclude_and_biases():
     net = lenet300()
-    assert list(prunable_parameters(net)) == ["1.weight", "3.weight", "5.weight"]
-    assert list(prunable_parameters(net, prune_biases=True)) == [
+    assert list(select_parameters(net)) == ["1.weight", "3.weight", "5.weight"]
+    assert list(select_parameters(net, prune_biases=True)) == [
         "1.weight", "1.bias", "3.weight", "3.bias", "5.weight", "5.bias"
     ]
-    assert list(prunable_parameters(net, exclude="5.*")) == ["1.weight", "3.weight"]
+    assert list(select_parameters(net, exclude="5.*")) == ["1.weight", "3.weight"]
     # a 1-D tensor matched only by a wildcard is skipped with a note (issue 11); named exactly, or with
     # prune_biases for a layer's bias, it is selected
-    selection = prunable_parameters(net, include=["3.*"])
+    selection = select_parameters(net, include=["3.*"])
     assert list(selection) == ["3.weight"]
     assert selection.notes and "3.bias" in selection.notes[0] and "prune_biases=True" in selection.notes[0]
-    assert list(prunable_parameters(net, include=["3.*"], prune_biases=True)) == ["3.weight", "3.bias"]
-    assert list(prunable_parameters(net, include=["3.weight", "3.bias"])) == ["3.weight", "3.bias"]
+    assert list(select_parameters(net, include=["3.*"], prune_biases=True)) == ["3.weight", "3.bias"]
+    assert list(select_parameters(net, include=["3.weight", "3.bias"])) == ["3.weight", "3.bias"]
 
 
 def test_bad_inputs_have_clear_messages():

@@ -149,7 +149,7 @@ class SelectingPruner(PruneAtInitCallback):
 def test_monitor_takes_the_pruners_selection(tmp_path):
     pl.seed_everything(0)
     model = Classifier(net=conv_bn_net(), shape=(1, 12, 12))
-    pruner = SelectingPruner(sparsity=0.5, include=["net.4.weight", "net.10.weight"], verbose=False)
+    pruner = SelectingPruner(sparsity=0.5, parameters=["net.4.weight", "net.10.weight"], verbose=False)
     monitor = SignalPropagationMonitor(every_n_steps=0, scopes=["weights"], figures=False)
     scalars = fit(model, None, [pruner, monitor], tmp_path, steps=1)
     assert not any("fit_start" in k for k in scalars)  # the pruner's stages replace fit_start

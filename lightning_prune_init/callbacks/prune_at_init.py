@@ -1,469 +1,391 @@
 """``PruneAtInitCallback``: prune a LightningModule at initialization, before its first training step.
 
-Lifecycle (Lightning 2.x): ``setup`` refuses strategies that shard parameters; in ``on_fit_start`` (the
-model is on its device, wrapped for DDP, its optimizers built, and a checkpoint's state already restored):
+Lifecycle (Lightning 2.6 ``Trainer._run``; docs/guide.md "Lifecycle"):
 
-* masks restored from the checkpoint (``load_state_dict``) are attached again; nothing is recomputed;
-* resuming from a checkpoint that holds no state of this callback (e.g. ``save_weights_only=True``) rebuilds
-  the masks from the exact zeros of the restored weights and checks the keep count, or refuses
-  (``on_missing_state="error"``); it never prunes again silently;
-* masks already attached to the module (a second ``fit``) are kept;
-* otherwise: optional re-initialization (``init``) → scoring batches (the train dataloader's first batches, or
-  noise shaped like them) → connection sensitivity (scores all-reduced over data-parallel ranks) → masks
-  (rank 0's broadcast to all ranks) → attached → optional data-free isometry repair (``isometry``) →
-  per-layer density and repair errors logged. Re-initialized and repaired weights are broadcast from rank 0.
+* ``__init__``: every setting is checked (:meth:`PruneAtInitCallback._validate_settings`), before anything happens.
+* ``setup``: strategies that shard parameters are refused.
+* module and callback state restored from ``ckpt_path`` (single device, DDP): :meth:`load_state_dict` only reads
+  the layout of the saved state.
+* ``strategy.setup``: model on its device, DDP wrapper, optimizers.
+* ``on_fit_start``: a restored state is verified against the module (:mod:`.state`) and attached, or, on a fresh
+  run, the selection is resolved and everything that needs the module is checked, then: optional
+  re-initialization → scoring batches → scores (summed over data-parallel ranks) → masks (rank 0's, broadcast) →
+  attached → optional isometry repair → optional sparse execution → logs and density profile. Any error leaves the
+  module exactly as it was (no masks, no hooks, the same weights).
+* optimizer state restored from ``ckpt_path`` (after ``on_fit_start``).
+* ``on_train_start``: pruned entries of every optimizer state tensor zeroed, so a resumed optimizer never moves
+  a pruned weight.
+* validation / test / predict epochs: the masks are enforced again before their first forward, whatever other
+  callbacks wrote through ``.data`` (weight averaging swaps weights this way); ``on_fit_end`` enforces them on the
+  final weights. Averaged copies kept by weight-averaging callbacks get the masks too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+import math
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, Optional, Union
 
-import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_prune_init import _compat
-from lightning_prune_init.ablations import random_masks_like, reinitialize_kept_, shuffle_masks
-from lightning_prune_init.init import init_model_
-from lightning_prune_init.isometry import IsometryReport, approximate_isometry
+from lightning_prune_init._imports import import_path
+from lightning_prune_init._validation import check_bool, check_choice, check_int, check_mapping, check_number, check_patterns
+from lightning_prune_init.callbacks.pruning import notify_prune_stage, prune_transactionally
+from lightning_prune_init.callbacks.profile import masks_digest, profile_folder, write_density_profile
+from lightning_prune_init.callbacks.settings import INIT_SCHEMES, Init, IsometryRepair, MaskRule, Policies, Scoring, Targets, as_plain
+from lightning_prune_init.callbacks.state import build_state, masks_from_weights, read_state, verify_restore
+from lightning_prune_init.isometry import IsometryReport
 from lightning_prune_init.masks import (
     apply_masks,
     attach_optimizers,
     detach_optimizers,
+    enforce_masks_,
     get_masks,
-    pack_masks,
+    mark_masks_stale,
     sparsity_report,
-    unpack_masks,
+    zero_optimizer_state_,
 )
-from lightning_prune_init.parameters import prunable_parameters
-from lightning_prune_init.scoring import (
-    check_criterion_options,
-    criterion_masks,
-    criterion_needs_data,
-    get_criterion,
-    make_loss,
-    noise_batches,
-    resolve_callable,
-)
-from lightning_prune_init.selection import Collapse, check_masks, keep_count, validate_min_density, validate_sparsity
+from lightning_prune_init.parameters import ParameterSelection, select_parameters
+from lightning_prune_init.scoring import check_criterion_options, get_criterion, make_loss
+from lightning_prune_init.selection import Collapse, keep_count, parse_pattern
+
+__all__ = ["PruneAtInitCallback", "notify_prune_stage"]
 
 Supervision = Literal["labels", "label_free", "data_free"]
 InitScheme = Literal["orthogonal", "delta-orthogonal", "vs-lecun", "vs-glorot", "vs-he"]
+#: Settings whose change would have given other masks or weights (compared on resume and on a second fit).
+_DEFINING = ("sparsity", "criterion", "supervision", "parameters", "scoring", "masking", "init", "isometry")
 
 
-@dataclass
-class IsometryRepair:
-    """Settings of the data-free approximate isometry repair (:func:`~lightning_prune_init.approximate_isometry`).
-
-    The defaults are the authors' (plain SGD, lr 0.1, 10,000 steps, target ``I``). ``solver="cg"`` reaches a
-    lower objective much faster (docs/benchmarks.md); ``target="reachable"`` lets layers with
-    ``fan_in < c_out`` reach 0; ``tol`` stops a layer within ``tol`` of its best possible error.
-    """
-
-    steps: int = 10_000
-    lr: float = 0.1
-    solver: Literal["sgd", "cg"] = "sgd"
-    target: Literal["identity", "reachable"] = "identity"
-    gain: float = 1.0
-    tol: Optional[float] = None
-
-_STATE_FORMAT = 1
-_REINIT_SEED_OFFSET = 1_000_003
-
-
-def notify_prune_stage(trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-    """Tell every callback that implements ``on_prune_stage(trainer, pl_module, stage)`` about a stage.
-
-    Stages, in order: ``"after_init"``, ``"after_pruning"``, ``"after_repair"``.
-    """
-    for callback in trainer.callbacks:
-        hook = getattr(callback, "on_prune_stage", None)
-        if callable(hook):
-            hook(trainer, pl_module, stage)
+def _group(value: Any, group: type, argument: str) -> Any:
+    """A settings group from itself, a mapping of its fields, or ``None`` (the group's defaults)."""
+    if value is None:
+        return group()
+    if isinstance(value, group):
+        return value
+    if isinstance(value, Mapping):
+        try:
+            return group(**value)
+        except TypeError as err:
+            raise TypeError(f"`{argument}`: {err} (fields: {', '.join(group.__dataclass_fields__)})") from None
+    raise TypeError(f"`{argument}` must be a {group.__name__} or a mapping of its fields, got {type(value).__name__}")
 
 
 class PruneAtInitCallback(Callback):
     r"""Prune the LightningModule at initialization by connection sensitivity (SNIP) and keep it pruned.
 
-    Add it to the ``Trainer``; nothing in the LightningModule changes. Masks are enforced for the whole run
-    (exact zeros after every optimizer step and in every checkpoint), saved bit-packed in this callback's
-    checkpoint state, restored on resume, identical on every DDP rank.
+    Add it to the ``Trainer``; nothing in the LightningModule changes. The masks are enforced for the whole run
+    (exact zeros after every optimizer step, in every validation and every checkpoint), saved bit-packed with
+    checksums in this callback's checkpoint state, verified and restored on resume, identical on every DDP rank.
 
     Args:
-        sparsity: fraction of the prunable weights removed, in ``[0, 1)``. ``0.9`` keeps
-            ``round(0.1 · m)`` of the ``m`` prunable entries. Default 0.9.
-        scope: ``"global"`` (default; one threshold over all layers, as SNIP) or ``"layerwise"``.
-        criterion: scoring criterion by registry name (``"snip"``, default; ``"grasp"``, ``"synflow"``,
-            ``"iterative_snip"``, ``"magnitude"``, ``"random"``) or import path of a function with the
-            registry's signature (docs/criteria.md).
-        criterion_options: extra keyword arguments of the criterion, e.g. ``{rounds: 100}`` for synflow.
-        min_density: every prunable tensor keeps at least this fraction of its entries (the total keep count
-            stays exact). Default 0.
-        ablation: a sanity check of Frankle et al. (2021) applied to the chosen masks: ``"shuffle"`` (each
-            layer's mask permuted, same density), ``"random"`` (random masks with the same per-layer
-            counts), ``"reinit"`` (kept weights re-drawn, scheme ``init`` or PyTorch's default, from a
-            stream seeded by ``seed + 1_000_003``, apart from ``init_seed``'s),
-            ``"invert"`` (keep the lowest scores). Default None.
-        seed: seed of the ``random`` criterion and of the ablations (same on every rank). Default 0.
-        supervision: ``"labels"`` (default; cross-entropy against the batch targets), ``"label_free"``
-            (uniform target on real inputs) or ``"data_free"`` (uniform target on noise inputs shaped like a
-            real batch, from a generator seeded with ``noise_seed``).
-        num_batches: scoring batches per process; signed sensitivities are summed over them (and over
-            processes) before the absolute value. Default 1.
-        include: glob pattern(s) on parameter names (as ``pl_module.named_parameters()`` yields them)
-            selecting what is pruned. Default: the weights of every conv and linear layer.
-        exclude: glob pattern(s) removed from the selection, e.g. ``["net.fc3.*"]``.
-        prune_biases: also prune conv/linear biases (the official SNIP/SPP code does). Default False.
-        loss_fn: ``loss_fn(model, batch) -> scalar`` or its import path, replacing the default loss (for
-            modules that do not return logits or batches that are not ``(inputs, targets)``). The model
-            passed is the LightningModule.
-        noise_seed: seed of the dedicated generator for data-free inputs. Default 0.
-        noise_distribution: ``"normal"`` (default) or ``"uniform"`` noise for data-free scoring.
-        noise_batch_size: batch size of the noise inputs; default: that of the real batch (or of
-            ``example_input_array`` when there is no train dataloader).
-        on_layer_collapse: a layer left with no weight: ``"warn"`` (default), ``"error"`` or ``"ignore"``.
-        on_dead_units: an output unit left with no input weight (it outputs a constant): ``"ignore"``
-            (default; the count is still logged as ``prune/dead_units/<parameter>``), ``"warn"`` or ``"error"``.
-        save_density_profile: write the per-parameter density (kept, total, density, dead units) as
-            ``prune_density.json`` and ``.csv`` into ``trainer.log_dir`` on rank 0. Default True.
-        init: re-initialize every conv and linear weight before scoring (biases zeroed), for layerwise dynamical
-            isometry: ``"orthogonal"`` (block-orthogonal for convs, needs ``c_in <= c_out``),
-            ``"delta-orthogonal"``, ``"vs-lecun"``, ``"vs-glorot"``, ``"vs-he"``; ``None`` (default) keeps the
-            module's own initialization.
-        init_gain: gain of the re-initialization (orthogonal: singular values; variance scaling: multiplier of
-            the variance). Default 1.
-        init_seed: seed of a dedicated generator for the re-initialization; ``None`` (default) draws from the
-            global RNG as ``torch.nn.init`` does. Rank 0's result is broadcast under DDP either way.
-        isometry: run the data-free approximate isometry repair after pruning: ``True`` for the authors'
-            settings, or an :class:`IsometryRepair` (YAML: ``isometry: {solver: cg}``). Default False.
-        on_missing_state: resuming from a checkpoint without this callback's state: ``"from_weights"``
-            (default; masks are the non-zero pattern of the restored weights, checked against the expected
-            keep count) or ``"error"``.
-        verbose: print the per-layer density table on rank 0. Default True.
+        sparsity: fraction of the selected entries removed, in ``[0, 1)``: ``0.9`` keeps ``round(0.1 · m)`` of the
+            ``m`` selected entries. Default 0.9, or ``1 − n/m`` with ``masking.pattern="n:m"``.
+        criterion: a registered criterion (``"snip"``, the default; ``"grasp"``, ``"synflow"``, ``"iterative_snip"``,
+            ``"magnitude"``, ``"random"``) or the import path of your own (docs/criteria.md).
+        supervision: ``"labels"`` (default; the batch's targets), ``"label_free"`` (uniform target on real inputs) or
+            ``"data_free"`` (uniform target on noise shaped like a real batch).
+        parameters: what is pruned, :class:`~lightning_prune_init.callbacks.settings.Targets` (a glob or a list of
+            globs is ``include``). Default: the weights of every Linear, Conv, transformers Conv1D and attention
+            input projection. Every stage (scoring, init, repair, monitor, reports) uses this one selection.
+        scoring: :class:`~lightning_prune_init.callbacks.settings.Scoring`: batches, ``loss_fn``/``logits_fn``,
+            criterion options, seeds, noise.
+        masking: :class:`~lightning_prune_init.callbacks.settings.MaskRule`: scope, minimum density, N:M pattern,
+            sanity ablation.
+        init: re-initialize the selected weights before scoring:
+            :class:`~lightning_prune_init.callbacks.settings.Init`, or just the scheme (``"orthogonal"``,
+            ``"delta-orthogonal"``, ``"vs-lecun"``, ``"vs-glorot"``, ``"vs-he"``). Default ``None``: keep the module's.
+        isometry: the data-free approximate isometry repair after pruning: ``True`` (conjugate gradient, seconds),
+            an :class:`~lightning_prune_init.callbacks.settings.IsometryRepair` (``{solver: sgd}`` is the authors'
+            10,000-step SGD), or ``False`` (default).
+        sparse_execution: ``"off"`` (default), ``"auto"`` (switch the masked layers measured faster with sparse
+            kernels) or ``"on"`` (every eligible layer); docs/sparse.md.
+        policies: :class:`~lightning_prune_init.callbacks.settings.Policies`: layer collapse, dead units, missing
+            checkpoint state, density profile.
+        verbose: print the density (and repair) tables on rank 0. Default True.
 
-    Logged (every logger, rank 0, at the global step of pruning): ``prune/density``, ``prune/sparsity``,
-    ``prune/density/<parameter name>``; with the repair, ``isometry/error_before/<parameter name>``,
-    ``isometry/error_after/<parameter name>``, ``isometry/best_possible/<parameter name>``.
+    Logged (every logger, rank 0): ``prune/density``, ``prune/sparsity``, ``prune/density/<parameter>``,
+    ``prune/dead_units/<parameter>``; with the repair ``isometry/error_before|error_after|best_possible/<parameter>``.
 
-    Callbacks that implement ``on_prune_stage(trainer, pl_module, stage)`` (e.g.
-    :class:`~lightning_prune_init.SignalPropagationMonitor`) are called after each stage: ``"after_init"``,
-    ``"after_pruning"``, ``"after_repair"``.
+    >>> cb = PruneAtInitCallback(0.95, init="orthogonal", isometry=True, parameters="net.*")
+    >>> cb.sparsity, cb.init.scheme, cb.isometry.solver, cb.parameters.include
+    (0.95, 'orthogonal', 'cg', ['net.*'])
     """
 
     def __init__(
         self,
-        sparsity: float = 0.9,
-        *,
-        scope: Literal["global", "layerwise"] = "global",
-        criterion: str = "snip",
-        criterion_options: Optional[dict[str, Any]] = None,
-        min_density: float = 0.0,
-        ablation: Optional[Literal["shuffle", "random", "reinit", "invert"]] = None,
-        seed: int = 0,
+        sparsity: Optional[float] = None,
+        criterion: Union[str, Callable[..., Any]] = "snip",
         supervision: Supervision = "labels",
-        num_batches: int = 1,
-        include: str | Sequence[str] | None = None,
-        exclude: str | Sequence[str] | None = None,
-        prune_biases: bool = False,
-        loss_fn: str | Callable[[nn.Module, Any], Tensor] | None = None,
-        noise_seed: int = 0,
-        noise_distribution: Literal["normal", "uniform"] = "normal",
-        noise_batch_size: int | None = None,
-        on_layer_collapse: Literal["warn", "error", "ignore"] = "warn",
-        on_dead_units: Literal["warn", "error", "ignore"] = "ignore",
-        save_density_profile: bool = True,
-        init: Optional[InitScheme] = None,
-        init_gain: float = 1.0,
-        init_seed: Optional[int] = None,
+        parameters: Union[Targets, str, list[str], None] = None,
+        scoring: Optional[Scoring] = None,
+        masking: Optional[MaskRule] = None,
+        init: Union[Init, InitScheme, None] = None,
         isometry: Union[bool, IsometryRepair] = False,
-        on_missing_state: Literal["from_weights", "error"] = "from_weights",
+        sparse_execution: Literal["off", "auto", "on"] = "off",
+        policies: Optional[Policies] = None,
         verbose: bool = True,
     ) -> None:
         super().__init__()
-        self.sparsity = validate_sparsity(sparsity)
-        _check_choice("scope", scope, ("global", "layerwise"))
-        _check_choice("supervision", supervision, ("labels", "label_free", "data_free"))
-        _check_choice("noise_distribution", noise_distribution, ("normal", "uniform"))
-        _check_choice("on_layer_collapse", on_layer_collapse, ("warn", "error", "ignore"))
-        _check_choice("on_dead_units", on_dead_units, ("warn", "error", "ignore"))
-        if ablation is not None:
-            _check_choice("ablation", ablation, ("shuffle", "random", "reinit", "invert"))
-        self._criterion_fn = get_criterion(criterion)
-        if criterion_options is not None and not isinstance(criterion_options, dict):
-            raise TypeError(f"`criterion_options` must be a dict, got {type(criterion_options).__name__}")
-        check_criterion_options(self._criterion_fn, criterion_options)
-        _check_choice("on_missing_state", on_missing_state, ("from_weights", "error"))
-        if init is not None:
-            _check_choice("init", init, ("orthogonal", "delta-orthogonal", "vs-lecun", "vs-glorot", "vs-he"))
-        if isinstance(isometry, dict):
-            isometry = IsometryRepair(**isometry)
-        if not isinstance(isometry, (bool, IsometryRepair)):
-            raise TypeError(f"`isometry` must be a bool or an IsometryRepair, got {type(isometry).__name__}")
-        if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
-            raise ValueError(f"`num_batches` must be an integer >= 1, got {num_batches!r}")
-        if noise_batch_size is not None and (not isinstance(noise_batch_size, int) or noise_batch_size < 1):
-            raise ValueError(f"`noise_batch_size` must be None or an integer >= 1, got {noise_batch_size!r}")
-        self.scope = scope
-        self.criterion = criterion
-        self.criterion_options = criterion_options
-        self.min_density = validate_min_density(min_density)
-        self.ablation = ablation
-        self.seed = seed
-        self.on_dead_units = on_dead_units
-        self.save_density_profile = save_density_profile
-        self.supervision = supervision
-        self.num_batches = num_batches
-        self.include = include
-        self.exclude = exclude
-        self.prune_biases = prune_biases
-        self.loss_fn = resolve_callable(loss_fn, "loss_fn")
-        make_loss(supervision, loss_fn=self.loss_fn)  # refuses e.g. label_free + loss_fn before anything changes
-        self.noise_seed = noise_seed
-        self.noise_distribution = noise_distribution
-        self.noise_batch_size = noise_batch_size
-        self.on_layer_collapse = on_layer_collapse
-        self.init = init
-        self.init_gain = init_gain
-        self.init_seed = init_seed
-        self.isometry: IsometryRepair | None = (IsometryRepair() if isometry else None) if isinstance(isometry, bool) else isometry
-        self.on_missing_state = on_missing_state
-        self.verbose = verbose
+        self._validate_settings(
+            sparsity, criterion, supervision, parameters, scoring, masking, init, isometry, sparse_execution, policies,
+            verbose,
+        )
+        self.selection: ParameterSelection | None = None
         self.isometry_report: IsometryReport | None = None
+        self.sparse_report: Any = None
         self.collapse: Collapse | None = None
+        self.density_profile_path: str | None = None
         self._masks: dict[str, Tensor] | None = None  # on CPU; the source of truth for checkpoints
-        self._restored = False
+        self._pending: Mapping[str, Any] | None = None  # a loaded checkpoint state, verified in on_fit_start
+        self._pruned_with: dict[str, Any] | None = None  # the settings the current masks were made with
 
-    # ---------------------------------------------------------------------------------------------
+    # --- settings ------------------------------------------------------------------------------------------
+    def _validate_settings(
+        self, sparsity: Any, criterion: Any, supervision: Any, parameters: Any, scoring: Any, masking: Any, init: Any,
+        isometry: Any, sparse_execution: Any, policies: Any, verbose: Any,
+    ) -> None:
+        """Check and normalize every setting; raise before anything is stored on a bad one."""
+        self.supervision = check_choice("supervision", supervision, ("labels", "label_free", "data_free"))
+        self.criterion: str = import_path(criterion, "criterion") if callable(criterion) else criterion
+        if not isinstance(self.criterion, str):
+            raise TypeError(f"`criterion` must be a criterion name or import path, got {type(criterion).__name__}")
+        get_criterion(self.criterion)  # unknown names and paths that do not import are refused here
+
+        if isinstance(parameters, (str, list, tuple)):
+            parameters = Targets(include=[parameters] if isinstance(parameters, str) else list(parameters))
+        self.parameters: Targets = _group(parameters, Targets, "parameters")
+        self.parameters.include = check_patterns("parameters.include", self.parameters.include)
+        self.parameters.exclude = check_patterns("parameters.exclude", self.parameters.exclude)
+        check_bool("parameters.prune_biases", self.parameters.prune_biases)
+
+        s: Scoring = _group(scoring, Scoring, "scoring")
+        check_int("scoring.num_batches", s.num_batches, minimum=1)
+        s.loss_fn = import_path(s.loss_fn, "scoring.loss_fn")
+        s.logits_fn = import_path(s.logits_fn, "scoring.logits_fn")
+        s.options = check_mapping("scoring.options", s.options)
+        check_criterion_options(self.criterion, s.options)  # unknown options and bad values are refused here
+        check_int("scoring.seed", s.seed)
+        check_choice("scoring.noise", s.noise, ("normal", "uniform"))
+        check_int("scoring.noise_seed", s.noise_seed)
+        check_int("scoring.noise_batch_size", s.noise_batch_size, minimum=1, allow_none=True)
+        make_loss(self.supervision, loss_fn=s.loss_fn, logits_fn=s.logits_fn)  # refuses what cannot be honoured
+        self.scoring = s
+
+        m: MaskRule = _group(masking, MaskRule, "masking")
+        check_choice("masking.scope", m.scope, ("global", "layerwise"))
+        check_number("masking.min_density", m.min_density, minimum=0.0, maximum=1.0)
+        check_choice("masking.ablation", m.ablation, (None, "shuffle", "random", "reinit", "invert"))
+        check_int("masking.ablation_seed", m.ablation_seed)
+        self.masking = m
+        if m.pattern is not None:
+            n, of = parse_pattern(m.pattern)
+            if sparsity is not None and not math.isclose(float(sparsity), 1 - n / of):
+                raise ValueError(
+                    f"`sparsity`={sparsity} conflicts with `masking.pattern`={m.pattern!r}, which keeps {n} of every "
+                    f"{of} weights (sparsity {1 - n / of:g}); leave `sparsity` unset or set it to {1 - n / of:g}"
+                )
+            if m.min_density or m.ablation in ("shuffle", "random"):
+                raise ValueError(
+                    f"`masking.pattern`={m.pattern!r} fixes the kept count of every group of {of} weights: it cannot "
+                    "be combined with `masking.min_density` or the 'shuffle'/'random' ablations"
+                )
+            sparsity = 1 - n / of
+        self.sparsity = check_number(
+            "sparsity", 0.9 if sparsity is None else sparsity, minimum=0.0, maximum=1.0, maximum_inclusive=False
+        )
+
+        if isinstance(init, str):
+            init = Init(scheme=init)  # type: ignore[arg-type]
+        self.init: Init | None = None if init is None else _group(init, Init, "init")
+        if self.init is not None:
+            check_choice("init.scheme", self.init.scheme, INIT_SCHEMES)
+            check_number("init.gain", self.init.gain, minimum=0.0, minimum_inclusive=False)
+            check_int("init.seed", self.init.seed, allow_none=True)
+            check_bool("init.zero_biases", self.init.zero_biases)
+
+        if isinstance(isometry, bool):
+            isometry = IsometryRepair() if isometry else None
+        self.isometry: IsometryRepair | None = None if isometry is None else _group(isometry, IsometryRepair, "isometry")
+        if self.isometry is not None:
+            r = self.isometry
+            check_int("isometry.steps", r.steps, minimum=0)
+            check_number("isometry.lr", r.lr, minimum=0.0, minimum_inclusive=False)
+            check_choice("isometry.solver", r.solver, ("sgd", "cg"))
+            check_choice("isometry.target", r.target, ("identity", "reachable"))
+            check_number("isometry.gain", r.gain, minimum=0.0, minimum_inclusive=False)
+            check_number("isometry.tol", r.tol, minimum=0.0, allow_none=True)
+
+        self.sparse_execution = check_choice("sparse_execution", sparse_execution, ("off", "auto", "on"))
+        p: Policies = _group(policies, Policies, "policies")
+        for name in ("on_layer_collapse", "on_dead_units"):
+            check_choice(f"policies.{name}", getattr(p, name), ("warn", "error", "ignore"))
+        check_choice("policies.on_missing_state", p.on_missing_state, ("from_weights", "error"))
+        check_bool("policies.enforce_every_step", p.enforce_every_step)
+        check_bool("policies.save_density_profile", p.save_density_profile)
+        self.policies = p
+        self.verbose = check_bool("verbose", verbose)
+
+    def config(self) -> dict[str, Any]:
+        """The settings as plain values (what ``--print_config`` shows and checkpoints store)."""
+        return {
+            "sparsity": self.sparsity,
+            "criterion": self.criterion,
+            "supervision": self.supervision,
+            "parameters": as_plain(self.parameters),
+            "scoring": as_plain(self.scoring),
+            "masking": as_plain(self.masking),
+            "init": as_plain(self.init),
+            "isometry": as_plain(self.isometry),
+            "sparse_execution": self.sparse_execution,
+            "policies": as_plain(self.policies),
+        }
+
+    def _differences(self, other: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """The defining settings that differ between ``other`` (saved) and this callback: ``{key: (saved, now)}``."""
+        now = self.config()
+        return {k: (other.get(k), now[k]) for k in _DEFINING if k in other and other.get(k) != now[k]}
+
     @property
     def masks(self) -> dict[str, Tensor] | None:
         """The masks chosen (or restored) by this callback, on CPU; ``None`` before pruning."""
         return None if self._masks is None else dict(self._masks)
 
-    def _config(self) -> dict[str, Any]:
-        return {
-            "sparsity": self.sparsity,
-            "scope": self.scope,
-            "criterion": self.criterion,
-            "criterion_options": self.criterion_options,
-            "min_density": self.min_density,
-            "ablation": self.ablation,
-            "seed": self.seed,
-            "supervision": self.supervision,
-            "num_batches": self.num_batches,
-            "include": self.include,
-            "exclude": self.exclude,
-            "prune_biases": self.prune_biases,
-            "init": self.init,
-            "isometry": None if self.isometry is None else asdict(self.isometry),
-        }
-
+    # --- Lightning hooks -------------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        strategy = type(trainer.strategy).__name__
-        if _compat.shards_parameters(trainer):
+        if stage == "fit" and _compat.shards_parameters(trainer):
             raise MisconfigurationException(
-                f"PruneAtInitCallback does not support {strategy}: it shards parameters, and masks chosen on "
-                "shards would be silently wrong. Supported: single device, DDP ('ddp', 'ddp_spawn', "
+                f"PruneAtInitCallback does not support {type(trainer.strategy).__name__}: it shards parameters, and "
+                "masks chosen on shards would be silently wrong. Supported: single device, DDP ('ddp', 'ddp_spawn', "
                 "'ddp_notebook', 'ddp_find_unused_parameters_true')."
             )
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         attached = get_masks(pl_module)
-        if self._masks is not None and self._restored:
-            self._attach(trainer, pl_module, self._masks)
-            rank_zero_info(f"PruneAtInitCallback: restored masks from the checkpoint ({self._summary()}).")
-        elif trainer.ckpt_path is not None and self._masks is None:
+        if self._pending is not None:
+            self._restore(trainer, pl_module)
+        elif trainer.ckpt_path is not None and self._masks is None and not attached:
             self._resume_without_state(trainer, pl_module)
         elif attached:
-            self._masks = {n: m.cpu() for n, m in attached.items()}
-            attach_optimizers(pl_module, trainer.optimizers)
-            rank_zero_info(f"PruneAtInitCallback: the module is already pruned; keeping its masks ({self._summary()}).")
+            self._keep_attached(trainer, pl_module, attached)
         else:
-            self._prune(trainer, pl_module)
+            prune_transactionally(self, trainer, pl_module)
+        for average in _compat.averaged_models(trainer):
+            apply_masks(average, {n: m for n, m in (self._masks or {}).items()})
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Lightning restores optimizer state after on_fit_start: zero its pruned entries now, before the first step
+        for optimizer in trainer.optimizers:
+            zero_optimizer_state_(optimizer, pl_module)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self.policies.enforce_every_step:
+            mark_masks_stale(pl_module)
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        mark_masks_stale(pl_module)
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        mark_masks_stale(pl_module)
+
+    def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        mark_masks_stale(pl_module)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        enforce_masks_(pl_module)
         detach_optimizers(pl_module)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         detach_optimizers(pl_module)
 
-    # ---------------------------------------------------------------------------------------------
-    def _prune(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.init is not None:
-            generator = None if self.init_seed is None else torch.Generator().manual_seed(self.init_seed)
-            init_model_(pl_module, self.init, gain=self.init_gain, zero_biases=True, generator=generator)
-            _broadcast_parameters(trainer, pl_module)
-        notify_prune_stage(trainer, pl_module, "after_init")
-        fn = self._criterion_fn
-        batches = self._scoring_batches(trainer, pl_module) if criterion_needs_data(fn) else self._shape_only(trainer, pl_module)
-        reduce_fn = None
-        if trainer.world_size > 1:
-            def reduce_fn(t: Tensor) -> Tensor:
-                return trainer.strategy.reduce(t, reduce_op="sum")
-
-        _, masks = criterion_masks(
-            pl_module,
-            batches,
-            criterion=fn,
-            sparsity=self.sparsity,
-            scope=self.scope,
-            min_density=self.min_density,
-            invert=self.ablation == "invert",
-            on_layer_collapse="ignore",
-            supervision=self.supervision,
-            loss_fn=self.loss_fn,
-            parameters=prunable_parameters(pl_module, self.include, self.exclude, self.prune_biases),
-            reduce_fn=reduce_fn,
-            generator=torch.Generator().manual_seed(self.seed),
-            criterion_options=self.criterion_options,
-        )
-        if self.ablation == "shuffle":
-            masks = shuffle_masks(masks, generator=self.seed)
-        elif self.ablation == "random":
-            masks = random_masks_like(masks, generator=self.seed)
-        masks = self._same_on_all_ranks(trainer, masks)
-        # the same checks on every rank, before anything changes
-        self.collapse = check_masks(masks, self.on_layer_collapse, self.on_dead_units)
+    # --- the states a fit can start from ---------------------------------------------------------------------
+    def _restore(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        source = trainer.ckpt_path
+        restored = read_state(self._pending, source)  # type: ignore[arg-type]
+        masks = verify_restore(pl_module, restored, source)
+        self._pending = None
+        self.selection = select_parameters(pl_module, **restored.rule)
+        self.isometry_report = None
+        changed = self._differences(restored.config)
+        if changed:
+            rank_zero_warn(
+                f"PruneAtInitCallback: the masks of {source!r} are restored as they were; these settings differ from "
+                f"the checkpoint's and were not applied (saved, now): {changed}"
+            )
+        self._pruned_with = restored.config
         self._attach(trainer, pl_module, masks)
-        if self.ablation == "reinit":
-            # a stream apart from init_seed's: with equal seeds the re-draw would repeat the initialization
-            reseed = self.seed + _REINIT_SEED_OFFSET
-            reinitialize_kept_(pl_module, masks, scheme=self.init or "pytorch-default", generator=reseed)
-            _broadcast_parameters(trainer, pl_module)
-        self._save_density_profile(trainer)
-        notify_prune_stage(trainer, pl_module, "after_pruning")
-        if self.verbose:
-            rank_zero_info(f"PruneAtInitCallback: pruned to {self._summary()}\n{sparsity_report(self._masks)}")
-        if self.isometry is not None:
-            self._repair(trainer, pl_module)
+        saved = restored.extra.get("sparse_execution")
+        if saved is not None or self.sparse_execution != "off":
+            from lightning_prune_init.callbacks.sparse_execution import resume_sparse_execution
 
-    def _repair(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        settings = self.isometry
-        assert settings is not None
-        show_progress = trainer.is_global_zero and trainer.progress_bar_callback is not None
-        self.isometry_report = approximate_isometry(pl_module, progress=show_progress, **asdict(settings))
-        _broadcast_parameters(trainer, pl_module)
-        self._log(trainer, self.isometry_report.metrics("isometry"))
-        if self.verbose:
-            rank_zero_info(f"PruneAtInitCallback: isometry repair\n{self.isometry_report}")
-        notify_prune_stage(trainer, pl_module, "after_repair")
+            self.sparse_report = resume_sparse_execution(trainer, pl_module, saved, self.sparse_execution)
+        rank_zero_info(f"PruneAtInitCallback: restored and verified the masks of {source!r} ({self._summary()}).")
 
-    def _attach(self, trainer: Trainer, pl_module: LightningModule, masks: dict[str, Tensor]) -> None:
+    def _keep_attached(self, trainer: Trainer, pl_module: LightningModule, attached: dict[str, Tensor]) -> None:
+        if self._pruned_with is not None:
+            changed = self._differences(self._pruned_with)
+        else:  # masks attached by other means: only the kept fraction can be compared
+            total = sum(m.numel() for m in attached.values())
+            kept = sum(int(m.sum()) for m in attached.values())
+            if self.masking.scope == "layerwise":
+                expected = sum(keep_count(m.numel(), self.sparsity) for m in attached.values())
+            else:
+                expected = keep_count(total, self.sparsity)
+            changed = {} if kept == expected else {"sparsity": (round(1 - kept / total, 6), self.sparsity)}
+        self._masks = {n: m.detach().to("cpu", copy=True) for n, m in attached.items()}
+        attach_optimizers(pl_module, trainer.optimizers)
+        if changed:
+            rank_zero_warn(
+                "PruneAtInitCallback: the module is already pruned; it keeps its masks, and these settings, which "
+                f"differ from those that made them, were not applied (then, now): {changed}. Build a new module to "
+                "prune it again."
+            )
+        else:
+            rank_zero_info(f"PruneAtInitCallback: the module is already pruned; keeping its masks ({self._summary()}).")
+
+    def _resume_without_state(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        selection = select_parameters(pl_module, **as_plain(self.parameters))
+        masks = masks_from_weights(
+            selection, self.sparsity, self.masking.scope, trainer.ckpt_path, self.policies.on_missing_state
+        )
+        self.selection = selection
+        self._pruned_with = self.config()
+        self._attach(trainer, pl_module, masks)
+
+    # --- shared steps ----------------------------------------------------------------------------------------
+    def _attach(self, trainer: Trainer, pl_module: LightningModule, masks: Mapping[str, Tensor]) -> None:
         apply_masks(pl_module, masks, optimizers=trainer.optimizers)
         self._masks = {n: m.detach().to("cpu", copy=True) for n, m in masks.items()}
         self._log(trainer)
 
-    def _same_on_all_ranks(self, trainer: Trainer, masks: dict[str, Tensor]) -> dict[str, Tensor]:
-        if trainer.world_size == 1:
-            return masks
-        packed = trainer.strategy.broadcast(pack_masks(masks) if trainer.is_global_zero else None, src=0)
-        device = next(iter(masks.values())).device
-        received = unpack_masks(packed, device=device)
-        differs = received.keys() != masks.keys() or any(not torch.equal(received[n], masks[n]) for n in masks)
-        if differs:
-            rank_zero_warn(f"PruneAtInitCallback: rank {trainer.global_rank} chose other masks; using rank 0's.")
-        return received
-
-    def _scoring_batches(self, trainer: Trainer, pl_module: LightningModule) -> list[Any]:
-        from lightning_prune_init.callbacks.batches import fetch_batches
-
-        if self.supervision != "data_free":
-            # as the training step receives them: e.g. floating inputs cast to bfloat16 under "bf16-true"
-            return [trainer.precision_plugin.convert_input(b) for b in fetch_batches(trainer, pl_module, self.num_batches)]
-        like = self._noise_template(trainer, pl_module)
-        if self.noise_batch_size is not None:
-            like = like.new_empty((self.noise_batch_size, *like.shape[1:]))
-        return noise_batches(
-            like, self.num_batches, seed=self.noise_seed, distribution=self.noise_distribution
-        )
-
-    def _shape_only(self, trainer: Trainer, pl_module: LightningModule) -> list[Tensor] | None:
-        """For data-free criteria: one input tensor of the real shape if one can be had (SynFlow reads it)."""
-        try:
-            return [self._noise_template(trainer, pl_module)]
-        except ValueError:
-            return None
-
-    def _noise_template(self, trainer: Trainer, pl_module: LightningModule) -> Tensor:
-        from lightning_prune_init.callbacks.batches import fetch_batches
-
-        if _compat.train_data_defined(trainer):
-            batch = fetch_batches(trainer, pl_module, 1)[0]
-            inputs = batch if isinstance(batch, Tensor) else batch[0] if isinstance(batch, (tuple, list)) else None
-        else:
-            inputs = pl_module.example_input_array
-        if not isinstance(inputs, Tensor):
-            raise ValueError(
-                "data-free scoring needs the input shape: give a train dataloader whose batches are a tensor or "
-                "(inputs, ...), or set `example_input_array` on the LightningModule"
-            )
-        return trainer.precision_plugin.convert_input(inputs.to(pl_module.device))
-
-    def _resume_without_state(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        message = (
-            f"resuming from {trainer.ckpt_path!r}, which holds no PruneAtInitCallback state (was it saved with "
-            "`save_weights_only=True`, or without this callback?)."
-        )
-        if self.on_missing_state == "error":
-            raise RuntimeError(
-                f"PruneAtInitCallback: {message} Refusing to prune again. Resume from a full checkpoint, or set "
-                "on_missing_state='from_weights' to rebuild the masks from the zeros of the restored weights."
-            )
-        params = prunable_parameters(pl_module, self.include, self.exclude, self.prune_biases)
-        masks = {n: p.detach() != 0 for n, p in params.items()}
-        if self.scope == "global":
-            expected = {"all prunable": keep_count(sum(m.numel() for m in masks.values()), self.sparsity)}
-            found = {"all prunable": sum(int(m.sum()) for m in masks.values())}
-        else:
-            expected = {n: keep_count(m.numel(), self.sparsity) for n, m in masks.items()}
-            found = {n: int(m.sum()) for n, m in masks.items()}
-        if found != expected:
-            raise RuntimeError(
-                f"PruneAtInitCallback: {message} The non-zero weights ({found}) do not match the keep count of "
-                f"sparsity={self.sparsity} ({expected}), so the masks cannot be rebuilt from the weights. Resume "
-                "from a full checkpoint (with callback state)."
-            )
-        rank_zero_warn(f"PruneAtInitCallback: {message} Masks rebuilt from the zeros of the restored weights.")
-        self._attach(trainer, pl_module, masks)
-
-    # ---------------------------------------------------------------------------------------------
     def _summary(self) -> str:
         report = sparsity_report(self._masks or {})
-        return f"density {report.density:.2%}, {report.kept:,} of {report.total:,} prunable weights kept"
+        return f"density {report.density:.2%}, {report.kept:,} of {report.total:,} selected weights kept"
 
     def _profile(self) -> dict[str, dict[str, Any]]:
         report = sparsity_report(self._masks or {})
-        dead = (self.collapse.dead_units if self.collapse is not None else {})
+        dead = self.collapse.dead_units if self.collapse is not None else {}
         return {
             name: {"kept": x.kept, "total": x.total, "density": x.density, "dead_units": dead.get(name, 0)}
             for name, x in report.layers.items()
         }
 
     def _save_density_profile(self, trainer: Trainer) -> None:
-        if not self.save_density_profile:
+        if not self.policies.save_density_profile or not self._masks:
             return
-        log_dir = trainer.log_dir  # a collective call (it broadcasts): every rank must make it
-        if log_dir is None or not trainer.is_global_zero:
+        folder = profile_folder(trainer)  # collective under DDP: every rank calls it
+        if not trainer.is_global_zero:
             return
-        import csv
-        import json
-        import os
-
-        profile = self._profile()
-        os.makedirs(log_dir, exist_ok=True)
-        with open(os.path.join(log_dir, "prune_density.json"), "w") as f:
-            json.dump({"config": self._config(), "layers": profile}, f, indent=2)
-        with open(os.path.join(log_dir, "prune_density.csv"), "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["parameter", "kept", "total", "density", "dead_units"])
-            for name, row in profile.items():
-                writer.writerow([name, row["kept"], row["total"], f"{row['density']:.6f}", row["dead_units"]])
+        if folder is None:
+            rank_zero_info("PruneAtInitCallback: no logger and no checkpoint folder; the density profile is kept in "
+                           "the callback's checkpoint state only.")
+            return
+        self.density_profile_path = write_density_profile(folder, masks_digest(self._masks), self.config(), self._profile())
 
     @rank_zero_only
     def _log(self, trainer: Trainer, metrics: dict[str, float] | None = None) -> None:
@@ -474,43 +396,22 @@ class PruneAtInitCallback(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
 
+    # --- checkpoint state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         if self._masks is None:
             return {}
-        return {
-            "format": _STATE_FORMAT,
-            "masks": pack_masks(self._masks),
-            "config": self._config(),
-            "report": sparsity_report(self._masks).to_dict(),
-            "density_profile": self._profile(),
-            "isometry_report": None if self.isometry_report is None else self.isometry_report.to_dict(),
-        }
+        return build_state(
+            self._masks,
+            self._pruned_with or self.config(),
+            sparsity_report(self._masks).to_dict(),
+            selection=None if self.selection is None else {n: list(e.aliases) for n, e in self.selection.entries.items()},
+            density_profile=self._profile(),
+            isometry_report=None if self.isometry_report is None else self.isometry_report.to_dict(),
+            sparse_execution=self.sparse_report,
+        )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not state_dict:
-            return
-        if state_dict.get("format") != _STATE_FORMAT:
-            raise ValueError(f"unknown PruneAtInitCallback state format {state_dict.get('format')!r}")
-        self._masks = unpack_masks(state_dict["masks"])
-        self._restored = True
-        saved = state_dict.get("config", {})
-        changed = {k: (v, getattr(self, k)) for k, v in saved.items() if getattr(self, k, v) != v}
-        if changed:
-            rank_zero_warn(
-                "PruneAtInitCallback: the checkpoint's masks are restored as they were; these settings differ "
-                f"from the checkpoint's and are ignored (saved, now): {changed}"
-            )
-
-
-@torch.no_grad()
-def _broadcast_parameters(trainer: Trainer, pl_module: LightningModule) -> None:
-    """Make every rank hold rank 0's parameters (after a re-initialization or a repair)."""
-    if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        for p in pl_module.parameters():
-            torch.distributed.broadcast(p.data, src=0)
-
-
-def _check_choice(argument: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"`{argument}` must be one of {', '.join(map(repr, choices))}; got {value!r}")
+        # verified in on_fit_start, where the checkpoint's path and the restored module are known
+        if state_dict:
+            self._pending = state_dict
 

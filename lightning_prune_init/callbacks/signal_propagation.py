@@ -159,6 +159,7 @@ class SignalPropagationMonitor(Callback):
         self.stage_results: dict[str, dict[str, dict[str, SpectrumStats]]] = {}
         self._probe: Probe | None = None  # num_examples examples, on CPU
         self._selection: ParameterSelection | None = None  # the monitor's own, built once
+        self._warned_rule = False
         self._last_train_step = -1
         self._warned_loggers = False
 
@@ -221,6 +222,12 @@ class SignalPropagationMonitor(Callback):
         pruner = _pruner(trainer) if trainer is not None else None
         chosen = getattr(pruner, "selection", None)
         if isinstance(chosen, ParameterSelection) and chosen.module is pl_module:
+            if (self.include or self.exclude) and not self._warned_rule:
+                self._warned_rule = True
+                rank_zero_warn(
+                    "SignalPropagationMonitor: the PruneAtInitCallback's selection decides which layers are monitored; "
+                    f"the monitor's own include={self.include} / exclude={self.exclude} are not used"
+                )
             return chosen
         if self._selection is None or self._selection.module is not pl_module:
             self._selection = select_parameters(pl_module, include=self.include, exclude=self.exclude)

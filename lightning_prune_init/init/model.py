@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from lightning_prune_init._validation import check_bool, check_choice, check_number
+from lightning_prune_init._validation import check_bool, check_choice, check_generator, check_number
 from lightning_prune_init.init._tensors import check_gain
 from lightning_prune_init.init.orthogonal import delta_orthogonal_, orthogonal_
 from lightning_prune_init.init.variance_scaling import variance_scaling_
@@ -156,6 +156,7 @@ def init_model_(
     gamma = _check_scheme(scheme, gamma)
     gain = check_gain(gain)
     check_bool("zero_biases", zero_biases)
+    check_generator("generator", generator)
     selection = as_selection(model, parameters)
     for name, entry in selection.entries.items():
         p = selection[name]

@@ -186,6 +186,11 @@ def connection_sensitivity(
     """
     check_choice("labels", labels, ("true", "uniform"))
     check_bool("normalize", normalize)
+    if not isinstance(batches, (Tensor, Iterable)) or isinstance(batches, (str, bytes)):
+        raise TypeError(
+            f"`batches` must be an iterable of scoring batches (e.g. a list of (inputs, targets)) or one tensor of "
+            f"inputs, got {type(batches).__name__} {batches!r:.60}"
+        )
     loss = make_loss("labels" if labels == "true" else "label_free", loss_fn=loss_fn, logits_fn=logits_fn)
     selection = as_selection(model, parameters)
     return sensitivity(model, batches, selection, loss, normalize=normalize, reduce_fn=reduce_fn)

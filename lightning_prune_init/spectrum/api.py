@@ -148,6 +148,9 @@ def jacobian_singular_values(
     check_int("num_probes", num_probes, minimum=1)
     check_int("lanczos_steps", lanczos_steps, minimum=0)
     check_int("lanczos_probes", lanczos_probes, minimum=1)
+    check_int("seed", seed)
+    if forward_fn is not None and not callable(forward_fn):
+        raise TypeError(f"`forward_fn` must be a callable (model, inputs) -> output, got {type(forward_fn).__name__}")
     if input_key is not None and not isinstance(input_key, str):
         raise TypeError(f"`input_key` must be a key of the dict batch or None, got {input_key!r}")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
