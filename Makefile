@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/lightning-prune-init fit -c examples/configs/demo.yaml
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --doctest-modules lightning_prune_init tests
 
 clean:
 	rm -rf $(VENV) lightning_logs .pytest_cache

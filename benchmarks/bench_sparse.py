@@ -4,7 +4,7 @@ crossover density per layer size, ``"auto"`` against dense, and a sparse convolu
 Every table compares variants measured in one run, interleaved round by round (machine drift hits them alike);
 medians over rounds. Run: ``.venv/bin/python benchmarks/bench_sparse.py [--rounds 7] [--threads 2]``; each
 section alone with ``--only mlp|block|memory|inference|crossover|auto|conv``. CPU only (the GPU rows of
-docs/benchmarks_sparse.md are not measured without a GPU).
+docs/sparse.md are not measured without a GPU).
 
 Variants of a training step (forward, backward, SGD momentum 0.9 + weight decay 5e-4):
 

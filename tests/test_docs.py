@@ -106,7 +106,9 @@ REPRODUCERS = {
     "`sparsity` must be a finite number in [0, 1)": lambda tmp: PruneAtInitCallback(sparsity=1.0),
     "matches no parameter": lambda tmp: select_parameters(lenet300(), include="fc1.*"),
     "no prunable parameters": lambda tmp: select_parameters(nn.Sequential(nn.ReLU())),
-    "cannot read a scoring batch": lambda tmp: connection_sensitivity(lenet300(), [[_batch()[0].tolist()]]),
+    "cannot read a scoring batch": lambda tmp: connection_sensitivity(
+        lenet300(), [(_batch()[0].tolist(), _batch()[1])]
+    ),
     "not logits [batch, classes]": lambda tmp: connection_sensitivity(
         nn.Sequential(nn.Conv2d(1, 4, 3)), [(_batch()[0], torch.zeros(4, dtype=torch.long))]
     ),

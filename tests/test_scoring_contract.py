@@ -65,7 +65,7 @@ def test_label_free_with_loss_fn_is_refused_not_silently_supervised():
         with pytest.raises(ValueError, match=f"supervision='{supervision}' cannot use `loss_fn`"):
             criterion_masks(net, [batch], sparsity=0.9, supervision=supervision, loss_fn="tests.test_scoring_contract.own_loss")
         with pytest.raises(ValueError, match="cannot use `loss_fn`"):  # the callback refuses at construction
-            PruneAtInitCallback(0.9, supervision=supervision, loss_fn=own_loss)
+            PruneAtInitCallback(0.9, supervision=supervision, scoring={"loss_fn": own_loss})
     with pytest.raises(ValueError, match="supervision='labels' cannot use `logits_fn`"):
         make_loss("labels", logits_fn=own_logits)
     with pytest.raises(ValueError, match="`supervision` must be one of"):
@@ -156,7 +156,7 @@ def test_criterion_options_are_checked_before_scoring():
     with pytest.raises(ValueError, match="`dtype` must be one of"):
         check_criterion_options("synflow", {"dtype": "float16"})
     with pytest.raises(ValueError, match="takes no option"):  # the callback refuses at construction
-        PruneAtInitCallback(0.9, criterion="synflow", criterion_options={"round": 3})
+        PruneAtInitCallback(0.9, criterion="synflow", scoring={"options": {"round": 3}})
     # a criterion given by import path takes what it is given
     assert check_criterion_options("tests.test_scoring_contract.own_criterion", {"factor": 2}) == {"factor": 2}
     calls = []

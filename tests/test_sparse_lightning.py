@@ -60,8 +60,8 @@ def test_fit_trains_the_compact_values_and_checkpoints_stay_dense(tmp_path):
     pl.seed_everything(0)
     dense, sparse = Classifier(), Classifier()
     sparse.load_state_dict(dense.state_dict())
-    pruner = PruneAtInitCallback(0.9, scope="layerwise", verbose=False)
-    _fit(tmp_path / "dense", dense, [PruneAtInitCallback(0.9, scope="layerwise", verbose=False)])
+    pruner = PruneAtInitCallback(0.9, masking={"scope": "layerwise"}, verbose=False)
+    _fit(tmp_path / "dense", dense, [PruneAtInitCallback(0.9, masking={"scope": "layerwise"}, verbose=False)])
     switch = SparseSwitch("on")
     trainer = _fit(tmp_path / "sparse", sparse, [pruner, switch])
     masks = pruner.masks

@@ -4,7 +4,7 @@ Pruning at initialization fixes the sparse structure before the first step, so i
 sparse execution on, each switched ``nn.Linear`` (:class:`~lightning_prune_init.sparse.linear.SparseLinear`)
 computes with CSR kernels whose structure is built once, and its trained state is its kept values only: an
 ``nnz``-sized Parameter ``<layer>.weight_values`` (optimizer state ``nnz``-sized, nothing of size ``numel``
-touched per step). Its ``state_dict`` keeps the plain dense ``weight`` key (docs/benchmarks_sparse.md has the
+touched per step). Its ``state_dict`` keeps the plain dense ``weight`` key (docs/sparse.md has the
 measurements and the Lightning lifecycle).
 
 Which layers run sparse:
@@ -17,7 +17,7 @@ Which layers run sparse:
 * ``decisions=``: exactly the layers a previous report switched (a resumed run, or other ranks).
 
 Convolutions stay dense and are reported so: on CPU no sparse convolution path (im2col + CSR) was measured
-faster than the dense kernels at the densities pruning at initialization uses (docs/benchmarks_sparse.md).
+faster than the dense kernels at the densities pruning at initialization uses (docs/sparse.md).
 
 >>> import torch
 >>> from lightning_prune_init import apply_masks

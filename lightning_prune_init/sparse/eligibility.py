@@ -10,7 +10,7 @@ module, and a kernel takes it:
   compute capability >= 8.0 under a 2:4 mask, inference only.
 
 Convolutions and transformers ``Conv1D`` weights stay dense and are reported so: on CPU, im2col + CSR was measured
-slower than the dense kernels at every size tried (docs/benchmarks_sparse.md).
+slower than the dense kernels at every size tried (docs/sparse.md).
 
 >>> import torch
 >>> kernel_for(torch.nn.Linear(4, 4), "weight", torch.ones(4, 4, dtype=torch.bool))
@@ -65,7 +65,7 @@ def kernel_for(
         return "2:4", "already in sparse execution"
     conv1d = hf_conv1d_type()
     if isinstance(module, CONV_TYPES) or (conv1d is not None and isinstance(module, conv1d)):
-        return None, f"{kind}: no sparse path measured faster on CPU (docs/benchmarks_sparse.md); left dense"
+        return None, f"{kind}: no sparse path measured faster on CPU (docs/sparse.md); left dense"
     if not isinstance(module, nn.Linear):
         return None, f"{kind}: only nn.Linear weights run sparse"
     if type(module) is not nn.Linear:

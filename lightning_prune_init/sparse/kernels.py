@@ -45,7 +45,7 @@ __all__ = ["batch_major", "sparse_linear"]
 def batch_major(n: int, density: float, device: torch.device) -> bool:
     """Whether the CPU kernels should read and write the activations as they are, ``[N, features]``
     (MKL's column-major layout), rather than transposed copies ``[features, N]`` (row-major): on this project's
-    CPU the former wins from ``N >= 1024`` rows, or at densities up to 2% (docs/benchmarks_sparse.md). A
+    CPU the former wins from ``N >= 1024`` rows, or at densities up to 2% (docs/sparse.md). A
     function of the shapes only, so every rank and every run picks the same.
 
     >>> batch_major(256, 0.05, torch.device("cpu")), batch_major(1024, 0.05, torch.device("cpu"))
