@@ -68,9 +68,9 @@ def check_int(
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{argument}` must be an integer{_range(minimum, maximum)}, got {type(value).__name__} {value!r}")
+        raise TypeError(f"`{argument}` must be an integer{_interval(minimum, maximum)}, got {type(value).__name__} {value!r}")
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise ValueError(f"`{argument}` must be an integer{_range(minimum, maximum)}, got {value}")
+        raise ValueError(f"`{argument}` must be an integer{_interval(minimum, maximum)}, got {value}")
     return int(value)
 
 
@@ -165,23 +165,15 @@ def check_bool_masks(
     return dict(masks)
 
 
-def _range(minimum: int | None, maximum: int | None) -> str:
+def _interval(minimum: float | None, maximum: float | None, lo_incl: bool = True, hi_incl: bool = True) -> str:
+    """The bounds as the messages say them: `` in [0, 1)``, `` >= 1``, or ``""`` without bounds (ints as ints)."""
+    low, high = (f"{v}" if isinstance(v, int) or v is None else f"{v:g}" for v in (minimum, maximum))
     if minimum is not None and maximum is not None:
-        return f" in [{minimum}, {maximum}]"
+        return f" in {'[' if lo_incl else '('}{low}, {high}{']' if hi_incl else ')'}"
     if minimum is not None:
-        return f" >= {minimum}"
+        return f" {'>=' if lo_incl else '>'} {low}"
     if maximum is not None:
-        return f" <= {maximum}"
-    return ""
-
-
-def _interval(minimum: float | None, maximum: float | None, lo_incl: bool, hi_incl: bool) -> str:
-    if minimum is not None and maximum is not None:
-        return f" in {'[' if lo_incl else '('}{minimum:g}, {maximum:g}{']' if hi_incl else ')'}"
-    if minimum is not None:
-        return f" {'>=' if lo_incl else '>'} {minimum:g}"
-    if maximum is not None:
-        return f" {'<=' if hi_incl else '<'} {maximum:g}"
+        return f" {'<=' if hi_incl else '<'} {high}"
     return ""
 
 
