@@ -118,3 +118,30 @@ def reference_keep(scores: dict, k: int, eligible: dict | None = None, lowest: b
         out[name] = keep[start : start + s.numel()].view_as(s)
         start += s.numel()
     return out
+
+
+class OnceTanh(torch.autograd.Function):
+    """tanh with a @once_differentiable backward: PyTorch differentiates it twice without an error, wrongly."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return grad * (1 - y * y)
+
+
+class OnceNet(nn.Module):
+    """``fc2(OnceTanh(fc1(x)))``, 6 → 5 → 3: a network whose second derivatives PyTorch gets wrong silently."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.fc2(OnceTanh.apply(self.fc1(x)))

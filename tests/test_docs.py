@@ -18,7 +18,7 @@ from lightning_prune_init.callbacks.state import read_state
 from lightning_prune_init.papers import MNISTDataModule
 from lightning_prune_init.scoring import criterion_masks, noise_batches
 
-from tests.helpers import Classifier, lenet300, trainer_kwargs
+from tests.helpers import Classifier, OnceNet, lenet300, trainer_kwargs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUIDE = os.path.join(ROOT, "docs", "guide.md")
@@ -66,29 +66,6 @@ class _FakeTrainer:
     strategy = FSDPStrategy.__new__(FSDPStrategy)
 
 
-class _OnceTanh(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        y = torch.tanh(x)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        (y,) = ctx.saved_tensors
-        return grad * (1 - y * y)
-
-
-class _OnceNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
-
-    def forward(self, x):
-        return self.b(_OnceTanh.apply(self.a(x)))
-
-
 def _missing_layer_checkpoint(tmp_path):
     pl.seed_everything(0)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "full", save_last=True)
@@ -120,7 +97,7 @@ REPRODUCERS = {
     "needs autograd": lambda tmp: _in_inference_mode(lambda: connection_sensitivity(lenet300(), [_batch()])),
     "on the meta device": lambda tmp: connection_sensitivity(lenet300().to("meta"), [_batch()]),
     "needs second derivatives": lambda tmp: criterion_masks(
-        _OnceNet(), [(torch.randn(4, 6), torch.randint(0, 3, (4,)))], criterion="grasp", sparsity=0.5
+        OnceNet(), [(torch.randn(4, 6), torch.randint(0, 3, (4,)))], criterion="grasp", sparsity=0.5
     ),
     "pass `vocab_size`": lambda tmp: noise_batches({"input_ids": torch.randint(0, 50, (2, 5))}),
     "scores would not be finite": lambda tmp: connection_sensitivity(lenet300(), [(_batch()[0] * float("nan"), _batch()[1])]),

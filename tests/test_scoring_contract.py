@@ -27,7 +27,7 @@ from lightning_prune_init.scoring import (
     run_criterion,
 )
 
-from tests.helpers import conv_bn_net, lenet300
+from tests.helpers import OnceNet, conv_bn_net, lenet300
 
 
 def _batch(n=8, seed=0):
@@ -298,35 +298,10 @@ def test_a_pattern_reaches_select_masks_and_the_last_round(criterion):
         assert bool((m.reshape(m.shape[0], -1, 4).sum(dim=-1) == 2).all()), name
 
 
-class _OnceTanh(torch.autograd.Function):
-    """tanh with a @once_differentiable backward: PyTorch differentiates it twice without an error, wrongly."""
-
-    @staticmethod
-    def forward(ctx, x):
-        y = torch.tanh(x)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        (y,) = ctx.saved_tensors
-        return grad * (1 - y * y)
-
-
-class _OnceNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(6, 5), nn.Linear(5, 3)
-
-    def forward(self, x):
-        return self.fc2(_OnceTanh.apply(self.fc1(x)))
-
-
 def test_grasp_refuses_a_once_differentiable_function_instead_of_a_wrong_hessian():
     """Before: no error, and θ⊙Hg silently without the Function's second-order terms."""
     torch.manual_seed(0)
-    net = _OnceNet()
+    net = OnceNet()
     batch = (torch.randn(4, 6), torch.randint(0, 3, (4,)))
-    with pytest.raises(RuntimeError, match=r"'grasp' needs second derivatives.*_OnceTanh has a @once_differentiable"):
+    with pytest.raises(RuntimeError, match=r"'grasp' needs second derivatives.*OnceTanh has a @once_differentiable"):
         criterion_masks(net, [batch], criterion="grasp", sparsity=0.5)
