@@ -50,6 +50,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from lightning_prune_init._torch_internals import parameter_slot, version
+
 __all__ = ["enforce_masks_", "get_masks", "mark_masks_stale"]
 
 _STATE_ATTR = "_prune_init_masks"
@@ -86,7 +88,7 @@ class _MaskState:
     def param(self, name: str) -> nn.Parameter:
         """The masked Parameter ``name``; follows a replaced Parameter object (its gradient hook moves with it)."""
         module, attr, _ = self.owners[name][0]
-        p = module._parameters.get(attr)
+        p = parameter_slot(module, attr)
         if p is None:
             raise RuntimeError(f"masked parameter {name!r} was removed from its module; call remove_masks(model, [{name!r}]) first")
         if self._hooked_params.get(name) is not p or (p.requires_grad and name not in self._grad_hooks):
@@ -121,10 +123,10 @@ class _MaskState:
                 forced.append(name)
                 continue
             p = self.param(name)
-            if p._version != self.versions.get(name):
+            if version(p) != self.versions.get(name):
                 with torch.no_grad():
                     p.masked_fill_(self.mask_on(name, p.device), 0)
-                self.versions[name] = p._version
+                self.versions[name] = version(p)
         if forced:
             self.force_(forced)
 
@@ -135,7 +137,7 @@ class _MaskState:
             for name in names:
                 p = self.param(name)
                 p.data.masked_fill_(self.mask_on(name, p.device), 0)
-                self.versions[name] = p._version
+                self.versions[name] = version(p)
                 self.stale.discard(name)
                 for optimizer in optimizers:
                     _zero_state_entries_(optimizer.state.get(p), p, self.pruned[name])

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_prune_init._torch_internals import parameter_slot, replace_parameter_
 from lightning_prune_init.sparse.kernels import sparse_linear
 from lightning_prune_init.sparse.structure import CsrStructure
 
@@ -46,13 +47,6 @@ __all__ = ["VALUES", "SparseLinear", "densify_linear_", "sparsify_linear_"]
 #: The name of the compact Parameter of a :class:`SparseLinear` (``named_parameters()`` yields ``<layer>.weight_values``).
 VALUES = "weight_values"
 _STRUCTURE = "_sparse_structure"
-
-
-def _replace_parameter(module: nn.Module, old: str, new: str, param: nn.Parameter) -> None:
-    """Put ``param`` under ``new`` at the place of ``old`` in ``module``'s parameters (the order stays)."""
-    items = [(new, param) if name == old else (name, p) for name, p in module._parameters.items()]
-    module._parameters.clear()
-    module._parameters.update(items)
 
 
 class SparseLinear(nn.Linear):
@@ -193,7 +187,7 @@ def sparsify_linear_(module: nn.Linear, mask: Tensor) -> SparseLinear:
     values = nn.Parameter(structure.gather(weight.detach()).clone(), requires_grad=weight.requires_grad)
     module.__class__ = SparseLinear
     module.__dict__[_STRUCTURE] = structure
-    _replace_parameter(module, "weight", VALUES, values)
+    replace_parameter_(module, "weight", VALUES, values)
     return module  # type: ignore[return-value]
 
 
@@ -209,9 +203,9 @@ def densify_linear_(module: SparseLinear) -> nn.Linear:
     """
     if not isinstance(module, SparseLinear):
         raise TypeError(f"expected a SparseLinear, got {type(module).__name__}")
-    values = module._parameters[VALUES]
+    values = parameter_slot(module, VALUES)
     weight = nn.Parameter(module.structure.to_dense(values.detach()), requires_grad=values.requires_grad)
     del module.__dict__[_STRUCTURE]
     module.__class__ = nn.Linear
-    _replace_parameter(module, VALUES, "weight", weight)
+    replace_parameter_(module, VALUES, "weight", weight)
     return module

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_prune_init._torch_internals import insert_parameter_first_, remove_parameter_
 from lightning_prune_init.selection.patterns import is_n_m
 
 __all__ = ["SemiStructuredLinear", "from_semi_structured_", "semi_structured_unsupported", "to_semi_structured_"]
@@ -127,7 +128,7 @@ def to_semi_structured_(module: nn.Linear, mask: Tensor) -> SemiStructuredLinear
     packed = _pack(module.weight.detach(), mask)
     module.__class__ = SemiStructuredLinear
     module.__dict__[_PACKED], module.__dict__[_MASK] = packed, mask
-    del module._parameters["weight"]
+    remove_parameter_(module, "weight")
     return module  # type: ignore[return-value]
 
 
@@ -140,7 +141,5 @@ def from_semi_structured_(module: SemiStructuredLinear) -> nn.Linear:
     weight = nn.Parameter(module.weight, requires_grad=False)
     del module.__dict__[_PACKED], module.__dict__[_MASK]
     module.__class__ = nn.Linear
-    rest = dict(module._parameters)
-    module._parameters.clear()
-    module._parameters.update({"weight": weight, **rest})
+    insert_parameter_first_(module, "weight", weight)
     return module
