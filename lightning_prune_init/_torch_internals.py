@@ -1,9 +1,9 @@
-"""The PyTorch internals this package relies on, in one place: a tensor's version counter and order-preserving
-edits of a module's parameter table (``nn.Module._parameters``).
+"""Edits of a module's parameter table (``nn.Module._parameters``), the one PyTorch internal this package edits,
+in one place. (The other, a tensor's version counter, is read in masks/hooks.py only.)
 
-Masks use the version counter to see in-place writes cheaply (masks/hooks.py); sparse execution swaps a layer's
-``weight`` Parameter for another under the same position, so ``named_parameters()`` and optimizer groups keep
-their order (sparse/linear.py, sparse/semi_structured.py).
+Sparse execution swaps a layer's ``weight`` Parameter for another at the same position, so ``named_parameters()``
+and optimizer groups keep their order (sparse/linear.py, sparse/semi_structured.py); the masks look a masked
+Parameter up in its module's own table (masks/hooks.py).
 
 >>> import torch
 >>> layer = torch.nn.Linear(2, 2)
@@ -16,12 +16,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["insert_parameter_first_", "parameter_slot", "remove_parameter_", "replace_parameter_", "version"]
-
-
-def version(tensor: Tensor) -> int:
-    """The tensor's version counter: it moves on every in-place write except writes through ``.data``."""
-    return tensor._version
+__all__ = ["insert_parameter_first_", "parameter_slot", "remove_parameter_", "replace_parameter_"]
 
 
 def parameter_slot(module: nn.Module, name: str) -> nn.Parameter | None:

@@ -27,7 +27,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_prune_init._torch_internals import version
 from lightning_prune_init._validation import check_instances
 from lightning_prune_init.masks.hooks import _check_module, _find_states, _MaskState, _zero_state_entries_
 
@@ -68,7 +67,7 @@ def _attach(state: _MaskState, optimizer: torch.optim.Optimizer) -> list[Any]:
 def _before_step(state: _MaskState, names: tuple[str, ...], optimizer: Any, args: Any, kwargs: Any) -> None:
     stale = state.stale
     state._clean_before_step = {
-        n for n in names if n in state.pruned and n not in stale and version(state.param(n)) == state.versions.get(n)
+        n for n in names if n in state.pruned and n not in stale and state.unchanged(n)
     }
 
 
@@ -82,7 +81,7 @@ def _after_step(state: _MaskState, names: tuple[str, ...], trusted: bool, optimi
         if name not in state.pruned:  # removed since (remove_masks with names)
             continue
         if name in clean:
-            state.versions[name] = version(state.param(name))
+            state.note_clean(name)
         else:
             state.enforce_((name,))
     state.enforce_(n for n in state.pruned if n not in names)
