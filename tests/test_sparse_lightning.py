@@ -158,3 +158,23 @@ def test_ema_weight_averaging_averages_the_compact_values_and_checkpoints_stay_d
     _fit(tmp_path / "again", resumed, [PruneAtInitCallback(0.9, verbose=False), SparseSwitch("on"), ema2],
          tmp_path / "ema" / "last.ckpt", max_steps=6)
     assert list(sparse_modules(ema2._average_model.module)) == LAYERS
+
+
+@pytest.mark.parametrize("ema_first", [False, True], ids=["pruner-then-ema", "ema-then-pruner"])
+def test_the_callbacks_own_sparse_execution_with_ema_switches_the_average_too(tmp_path, ema_first):
+    """Before: the pruner switched the averaged copy first, then attached the masks to it, and apply_masks refused
+    the switched layers' ``weight`` (ValueError: mask key 'net.1.weight' is not a parameter)."""
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    pl.seed_everything(0)
+    model = Classifier()
+    pruner, ema = PruneAtInitCallback(0.9, sparse_execution="on", verbose=False), EMAWeightAveraging(decay=0.5)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ema", save_last=True)
+    callbacks = [ema, pruner, checkpoint] if ema_first else [pruner, ema, checkpoint]
+    trainer = _fit(tmp_path, model, callbacks, enable_checkpointing=True, max_steps=4)
+    assert trainer.global_step == 4
+    assert list(sparse_modules(ema._average_model.module)) == list(sparse_modules(model)) == LAYERS
+    saved = torch.load(tmp_path / "ema" / "last.ckpt", weights_only=True)
+    for state in (saved["state_dict"], saved["current_model_state"]):
+        assert all(torch.count_nonzero(state[n][~m]) == 0 for n, m in pruner.masks.items())
+        Classifier().load_state_dict(state, strict=True)

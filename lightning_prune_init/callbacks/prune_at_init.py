@@ -35,6 +35,7 @@ from torch import Tensor
 from lightning_prune_init import _compat
 from lightning_prune_init._imports import import_path
 from lightning_prune_init._validation import check_bool, check_choice, check_int, check_mapping, check_number, check_patterns
+from lightning_prune_init.callbacks.averaging import mask_averaged_copies
 from lightning_prune_init.callbacks.pruning import notify_prune_stage, prune_transactionally
 from lightning_prune_init.callbacks.profile import masks_digest, profile_folder, write_density_profile
 from lightning_prune_init.callbacks.settings import INIT_SCHEMES, Init, IsometryRepair, MaskRule, Policies, Scoring, Targets, as_plain
@@ -275,8 +276,7 @@ class PruneAtInitCallback(Callback):
             self._keep_attached(trainer, pl_module, attached)
         else:
             prune_transactionally(self, trainer, pl_module)
-        for average in _compat.averaged_models(trainer):
-            apply_masks(average, {n: m for n, m in (self._masks or {}).items()})
+        mask_averaged_copies(trainer, self._masks or {})
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Lightning restores optimizer state after on_fit_start: zero its pruned entries now, before the first step

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from lightning_prune_init import _compat
 from lightning_prune_init._validation import check_choice, check_mapping
+from lightning_prune_init.callbacks.averaging import mask_averaged_copies
 from lightning_prune_init.masks import attach_optimizers, detach_optimizers, get_masks
 from lightning_prune_init.sparse.api import enable_sparse_execution
 from lightning_prune_init.sparse.report import SparseExecutionReport
@@ -137,6 +138,7 @@ def _switch_averaged_copies(trainer: Trainer, pl_module: LightningModule, decisi
     """Switch the same layers of the averaged copies kept by ``WeightAveraging``/``EMAWeightAveraging``/SWA, so that
     their parameters line up with the module's again (they average and swap parameter by parameter)."""
     masks = get_masks(pl_module)
+    mask_averaged_copies(trainer, masks)
     for average in _compat.averaged_models(trainer):
         enable_sparse_execution(average, "on", masks=masks, decisions=decisions)
 

@@ -10,7 +10,8 @@ them). :class:`CsrStructure` holds, for the whole run:
   the values from ``W``'s order to ``Wᵀ``'s (input gradient ``dx = Wᵀ dy``): ``values_t = values[perm]``.
 
 Indices (and the permutation) are int32 when ``out · in < 2³¹`` (half the memory; the kernels take them as they
-are), else int64: 16 bytes per kept weight besides its value.
+are), else int64: 12 bytes per kept weight besides its value (24 with int64), plus ``out + in + 2`` row
+pointers.
 Nothing here is ``numel``-sized except on request: :meth:`CsrStructure.mask` and :meth:`CsrStructure.to_dense`
 build dense tensors for readers (state dicts, monitors).
 
