@@ -37,7 +37,9 @@ from lightning_prune_init.scoring import (
     noise_batches,
     vocab_size_of,
 )
-from lightning_prune_init.selection import check_masks, keep_count, min_keep_count, parse_pattern
+from lightning_prune_init.selection import check_masks, parse_pattern
+from lightning_prune_init.selection.patterns import pattern_misfits
+from lightning_prune_init.selection.select import check_floors_fit
 
 if TYPE_CHECKING:
     from lightning_prune_init.callbacks.prune_at_init import PruneAtInitCallback
@@ -116,21 +118,11 @@ def _check_before_changes(
 ) -> None:
     m = cb.masking
     if m.min_density and m.scope == "global":
-        floors = sum(min_keep_count(e.numel, m.min_density) for e in selection.entries.values())
-        k = keep_count(selection.numel, cb.sparsity)
-        if floors > k:
-            raise ValueError(
-                f"`masking.min_density`={m.min_density} asks for {floors:,} kept entries in all, more than the {k:,} "
-                f"that `sparsity`={cb.sparsity} keeps of the {selection.numel:,} selected; lower `masking.min_density` "
-                f"(at most about {1 - cb.sparsity:g}) or `sparsity`"
-            )
+        check_floors_fit([e.numel for e in selection.entries.values()], cb.sparsity, m.min_density, prefix="masking.")
     if m.pattern is not None:
         _, group = parse_pattern(m.pattern)
-        bad = [
-            f"{e.name} ({e.layout.matrix_shape(e.shape)[2]} inputs)" if e.layout.is_matrix else f"{e.name} (1-D)"
-            for e in selection.entries.values()
-            if not e.layout.is_matrix or e.layout.matrix_shape(e.shape)[2] % group
-        ]
+        misfits = pattern_misfits(m.pattern, {e.name: e.shape for e in selection.entries.values()}, selection)
+        bad = [f"{name} ({why})" for name, why in misfits.items()]
         if bad:
             raise ValueError(
                 f"`masking.pattern`={m.pattern!r} needs every selected weight's input dimension to be a multiple of "

@@ -23,7 +23,7 @@ tensor([[1, 0, 1, 0],
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Union
 
 import torch
@@ -32,7 +32,7 @@ from torch import Tensor
 from lightning_prune_init.layouts import MatrixLayout
 from lightning_prune_init.parameters import ParameterSelection
 
-__all__ = ["is_n_m", "nm_masks", "parse_pattern", "pattern_sparsity"]
+__all__ = ["is_n_m", "nm_masks", "parse_pattern", "pattern_misfits", "pattern_sparsity"]
 
 Layouts = Union[ParameterSelection, Mapping[str, MatrixLayout], None]
 
@@ -83,15 +83,34 @@ def layout_for(layouts: Layouts, name: str) -> MatrixLayout:
     return _DEFAULT
 
 
+def pattern_misfits(pattern: str, shapes: Mapping[str, Sequence[int]], layouts: Layouts = None) -> dict[str, str]:
+    """The tensors ``pattern`` cannot apply to, each with why: ``"1-D"``, or ``"<cols> inputs"`` when its input
+    dimension (``layout.matrix_shape(shape)[2]``) is not a multiple of ``m``. ``{}`` when all fit.
+
+    >>> pattern_misfits("2:4", {"a": (8, 8), "b": (8, 6), "bias": (8,)})
+    {'b': '6 inputs', 'bias': '1-D'}
+    """
+    _, m = parse_pattern(pattern)
+    out = {}
+    for name, shape in shapes.items():
+        layout = layout_for(layouts, name)
+        if len(shape) < 2 or not layout.is_matrix:
+            out[name] = "1-D"
+        elif layout.matrix_shape(tuple(shape))[2] % m:
+            out[name] = f"{layout.matrix_shape(tuple(shape))[2]} inputs"
+    return out
+
+
 def _blocks(name: str, t: Tensor, layout: MatrixLayout, m: int, pattern: str) -> Tensor:
     """``t`` as ``[groups, rows, cols / m, m]`` blocks of ``m`` consecutive inputs (a copy for transposed layouts)."""
-    if t.dim() < 2 or not layout.is_matrix:
+    misfit = pattern_misfits(pattern, {name: tuple(t.shape)}, {name: layout}).get(name)
+    if misfit == "1-D":
         raise ValueError(
             f"pattern={pattern!r} applies to weight matrices, but {name!r} has shape {tuple(t.shape)} (fewer than 2 "
             "dimensions): leave it out of the selection (e.g. prune_biases=False)"
         )
     groups, rows, cols = layout.matrix_shape(t.shape)
-    if cols % m:
+    if misfit is not None:
         raise ValueError(
             f"pattern={pattern!r} needs the input dimension of every tensor to be a multiple of {m}, but {name!r} "
             f"(shape {tuple(t.shape)}, {layout.kind} layout) has {cols} inputs per row: leave it out of the selection "
@@ -140,7 +159,7 @@ def is_n_m(mask: Tensor, pattern: str, layout: MatrixLayout | None = None) -> bo
     """
     n, m = parse_pattern(pattern)
     layout = layout or _DEFAULT
-    if mask.dim() < 2 or layout.matrix_shape(mask.shape)[2] % m:
+    if pattern_misfits(pattern, {"mask": tuple(mask.shape)}, {"mask": layout}):
         return False
     blocks = _blocks("mask", mask, layout, m, pattern)
     return bool((blocks.sum(dim=-1) == n).all())

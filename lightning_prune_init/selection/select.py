@@ -40,7 +40,10 @@ from lightning_prune_init.selection.collapse import CollapsePolicy, check_masks
 from lightning_prune_init.selection.patterns import Layouts, nm_masks, pattern_sparsity
 from lightning_prune_init.selection.topk import _INT_VIEW, all_finite, as_bits, inverted, top_k_keys
 
-__all__ = ["Scope", "keep_count", "min_keep_count", "select_masks", "validate_min_density", "validate_sparsity"]
+__all__ = [
+    "Scope", "check_floors_fit", "keep_count", "min_keep_count", "select_masks", "validate_min_density",
+    "validate_sparsity",
+]
 
 Scope = Literal["global", "layerwise"]
 
@@ -118,6 +121,30 @@ def _with_floors(keys: Mapping[str, Tensor], k: int, floors: Mapping[str, int]) 
     rest = {name: t.masked_fill(forced[name], -1) for name, t in keys.items()}  # -1: never selected again
     chosen = top_k_keys(rest, k - sum(floors.values()))
     return {name: chosen[name] | forced[name] for name in keys}
+
+
+def check_floors_fit(numels: Sequence[int], sparsity: float, min_density: float, *, prefix: str = "") -> int:
+    """The global keep count ``keep_count(Σ numels, sparsity)``, refusing ``min_density`` floors that ask for more:
+    ``Σ min_keep_count(numel, min_density) > keep count``. ``prefix`` names the argument's settings group in the
+    message (``"masking."`` for the callback).
+
+    >>> check_floors_fit([100, 100], 0.9, 0.05)
+    20
+    >>> check_floors_fit([100, 100], 0.9, 0.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: `min_density`=0.5 asks for 100 kept entries in all, more than the 20 that `sparsity`=0.9 keeps of the 200 selected; lower `min_density` (at most about 0.1) or `sparsity`
+    """
+    total = sum(numels)
+    k = keep_count(total, sparsity)
+    floors = sum(min_keep_count(n, min_density) for n in numels)
+    if floors > k:
+        raise ValueError(
+            f"`{prefix}min_density`={min_density} asks for {floors:,} kept entries in all, more than the {k:,} that "
+            f"`sparsity`={sparsity} keeps of the {total:,} selected; lower `{prefix}min_density` (at most about "
+            f"{1 - sparsity:g}) or `sparsity`"
+        )
+    return k
 
 
 def _pattern_sparsity(pattern: str, sparsity: float | None, min_density: float) -> float:
@@ -202,14 +229,7 @@ def select_masks(
         keys = {name: inverted(t) for name, t in keys.items()}
     floors = {name: min_keep_count(t.numel(), min_density) for name, t in keys.items()}
     if scope == "global":
-        total = sum(t.numel() for t in keys.values())
-        k = keep_count(total, sparsity)
-        if sum(floors.values()) > k:
-            raise ValueError(
-                f"`min_density`={min_density} asks for {sum(floors.values()):,} kept entries in all, more than the "
-                f"{k:,} that `sparsity`={sparsity} keeps of {total:,}; lower `min_density` (at most about "
-                f"{1 - sparsity:g}) or `sparsity`"
-            )
+        k = check_floors_fit([t.numel() for t in keys.values()], sparsity, min_density)
         masks = _with_floors(keys, k, floors) if any(floors.values()) else top_k_keys(keys, k)
     else:
         masks = {}
