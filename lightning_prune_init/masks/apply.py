@@ -51,11 +51,6 @@ def _checked(model: nn.Module, masks: Mapping[str, Tensor], argument: str = "mas
     return out
 
 
-def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    module_name, _, attr = name.rpartition(".")
-    return (model.get_submodule(module_name) if module_name else model), attr
-
-
 def apply_masks(
     model: nn.Module,
     masks: Mapping[str, Tensor],

@@ -95,8 +95,9 @@ class _MaskState:
             self._follow(name, p)
         return p
 
-    # The version counter is read here only, and inline: Dynamo compiles the forward pre-hook, and a helper call
-    # around ``_version`` doubles its graph breaks (tests/test_scale.py counts the graphs).
+    # The version counter is read in this module only (here and in enforce_/force_), and inline there: Dynamo
+    # compiles the forward pre-hook, and a helper call around ``_version`` doubles its graph breaks
+    # (tests/test_scale.py counts the graphs). masks/optimizers.py reads it through these two methods.
     def unchanged(self, name: str) -> bool:
         """Whether ``name`` has had no in-place write (other than through ``.data``) since it was last masked."""
         return self.param(name)._version == self.versions.get(name)
