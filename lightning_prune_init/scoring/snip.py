@@ -39,6 +39,21 @@ __all__ = ["batch_list", "connection_sensitivity", "sensitivity", "snip"]
 Labels = Literal["true", "uniform"]
 
 
+def check_batches(batches: Any) -> None:
+    """Refuse ``batches`` that are neither an iterable of scoring batches nor one tensor (``TypeError``); ``None`` passes.
+
+    >>> check_batches(5)
+    Traceback (most recent call last):
+    ...
+    TypeError: `batches` must be an iterable of scoring batches (e.g. a list of (inputs, targets)) or one tensor of inputs, got int 5
+    """
+    if batches is not None and (not isinstance(batches, (Tensor, Iterable)) or isinstance(batches, (str, bytes))):
+        raise TypeError(
+            f"`batches` must be an iterable of scoring batches (e.g. a list of (inputs, targets)) or one tensor of "
+            f"inputs, got {type(batches).__name__} {batches!r:.60}"
+        )
+
+
 def batch_list(batches: Iterable[Any] | Tensor | None, criterion: str) -> list[Any]:
     """``batches`` as a non-empty list (a single tensor or dict is one batch); ``ValueError`` naming ``criterion`` if
     there is none.
@@ -48,6 +63,7 @@ def batch_list(batches: Iterable[Any] | Tensor | None, criterion: str) -> list[A
     """
     if batches is None:
         raise ValueError(f"criterion {criterion!r} needs scoring batches; got `batches=None`")
+    check_batches(batches)
     batches = [batches] if isinstance(batches, (Tensor, dict)) else list(batches)
     if not batches:
         raise ValueError(f"`batches` is empty: criterion {criterion!r} needs at least one scoring batch")
@@ -186,11 +202,7 @@ def connection_sensitivity(
     """
     check_choice("labels", labels, ("true", "uniform"))
     check_bool("normalize", normalize)
-    if not isinstance(batches, (Tensor, Iterable)) or isinstance(batches, (str, bytes)):
-        raise TypeError(
-            f"`batches` must be an iterable of scoring batches (e.g. a list of (inputs, targets)) or one tensor of "
-            f"inputs, got {type(batches).__name__} {batches!r:.60}"
-        )
+    check_batches(batches)
     loss = make_loss("labels" if labels == "true" else "label_free", loss_fn=loss_fn, logits_fn=logits_fn)
     selection = as_selection(model, parameters)
     return sensitivity(model, batches, selection, loss, normalize=normalize, reduce_fn=reduce_fn)
