@@ -67,7 +67,7 @@ def paraunitary_taps(
                 continue
             basis = haar_orthonormal(groups, channels, channels, generator, device, dtype)
             keep = torch.rand(groups, channels, generator=generator, device=device) < 0.5
-            projection = _projections(basis, keep.to(device))
+            projection = _projections(basis, keep)
             # taps of M(z) (P + (I - P) z_d): new tap a = M_a P + M_{a-1} (I - P) along dimension d.
             # F.pad pads from the last dimension backwards; the two matrix dimensions come last, so skip them.
             after = [0, 0] * (spatial - d - 1) + [0, 1]

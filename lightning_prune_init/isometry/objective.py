@@ -272,13 +272,8 @@ def resolve_masks(model: nn.Module, masks: Mapping[str, Tensor] | None) -> dict[
     ['weight']
     """
     if masks is None:
-        try:
-            from lightning_prune_init.masks import get_masks
-        except ImportError:  # before the masks package: the module it was split from
-            try:
-                from lightning_prune_init.masks import get_masks
-            except ImportError:
-                return {}
+        from lightning_prune_init.masks import get_masks
+
         return dict(get_masks(model))
     if isinstance(masks, Mapping) and not masks:
         return {}
